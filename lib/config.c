@@ -1,0 +1,250 @@
+#include "lib/config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "lib/atomic_file.h"
+#include "lib/cleanup.h"
+#include "lib/error.h"
+
+enum key_kind { KEY_PATH, KEY_BOOL, KEY_LOG_FORMAT, KEY_LOG_LEVEL, KEY_FILTER };
+
+struct key_spec {
+	const char *name;
+	enum key_kind kind;
+	size_t offset;
+};
+
+#define PATH_KEY(field) { #field, KEY_PATH, offsetof(struct vg_config, field) }
+
+static const struct key_spec top_keys[] = {
+	PATH_KEY(sysfs_root),
+	PATH_KEY(dev_root),
+	PATH_KEY(proc_root),
+	PATH_KEY(modules_dir),
+	PATH_KEY(pci_ids),
+	PATH_KEY(qemu_binary),
+	{ "allow_boot_vga", KEY_BOOL, offsetof(struct vg_config, allow_boot_vga) },
+	{ "gpu_filter", KEY_FILTER, offsetof(struct vg_config, filter) },
+	{ "log_format", KEY_LOG_FORMAT, offsetof(struct vg_config, log_format) },
+	{ "log_level", KEY_LOG_LEVEL, offsetof(struct vg_config, log_level) },
+};
+
+typedef int (*filter_add_fn)(struct vg_gpu_filter *, const char *, struct vg_error **);
+
+static const struct {
+	const char *name;
+	filter_add_fn add;
+} filter_keys[] = {
+	{ "vendors", vg_gpu_filter_add_vendor },
+	{ "classes", vg_gpu_filter_add_class },
+	{ "ids", vg_gpu_filter_add_id },
+	{ "bdfs", vg_gpu_filter_add_bdf },
+};
+
+struct parse_ctx {
+	yaml_document_t *doc;
+	const char *origin;
+	struct vg_config *config;
+};
+
+static unsigned long line_of(const yaml_node_t *node)
+{
+	return (unsigned long)node->start_mark.line + 1;
+}
+
+static int fail_at(struct parse_ctx *ctx, const yaml_node_t *node, struct vg_error **err,
+		   const char *fmt, const char *key, const char *detail)
+{
+	return vg_error_set(err, EINVAL, "%s:%lu: %s: %s", ctx->origin, line_of(node), key,
+			    detail ? detail : fmt);
+}
+
+static const char *scalar_text(const yaml_node_t *node)
+{
+	return node->type == YAML_SCALAR_NODE ? (const char *)node->data.scalar.value : NULL;
+}
+
+static int parse_path(struct parse_ctx *ctx, const char *key, yaml_node_t *value, char *out,
+		      struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	if (text == NULL)
+		return fail_at(ctx, value, err, "expected a path string", key, NULL);
+	if (strlen(text) >= PATH_MAX)
+		return fail_at(ctx, value, err, "path is too long", key, NULL);
+	if (text[0] != '\0' && text[0] != '/' && strchr(text, '/') != NULL)
+		return fail_at(ctx, value, err, "must be an absolute path", key, NULL);
+	strcpy(out, text);
+	return 0;
+}
+
+static int parse_bool(struct parse_ctx *ctx, const char *key, yaml_node_t *value, bool *out,
+		      struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	if (text != NULL && strcmp(text, "true") == 0)
+		*out = true;
+	else if (text != NULL && strcmp(text, "false") == 0)
+		*out = false;
+	else
+		return fail_at(ctx, value, err, "expected true or false", key, NULL);
+	return 0;
+}
+
+static int parse_filter(struct parse_ctx *ctx, yaml_node_t *value, struct vg_gpu_filter *filter,
+			struct vg_error **err)
+{
+	if (value->type != YAML_MAPPING_NODE)
+		return fail_at(ctx, value, err,
+			       "expected a mapping with vendors, classes, ids and bdfs",
+			       "gpu_filter", NULL);
+	/* A filter in the file replaces the default one as a whole. */
+	vg_gpu_filter_clear(filter);
+	for (yaml_node_pair_t *pair = value->data.mapping.pairs.start;
+	     pair < value->data.mapping.pairs.top; pair++) {
+		yaml_node_t *k = yaml_document_get_node(ctx->doc, pair->key);
+		yaml_node_t *v = yaml_document_get_node(ctx->doc, pair->value);
+		const char *name = scalar_text(k);
+		filter_add_fn add = NULL;
+		for (size_t i = 0; name && i < VG_ARRAY_SIZE(filter_keys); i++)
+			if (strcmp(name, filter_keys[i].name) == 0)
+				add = filter_keys[i].add;
+		char full[96];
+		snprintf(full, sizeof(full), "gpu_filter.%s", name ? name : "?");
+		if (add == NULL)
+			return fail_at(ctx, k, err,
+				       "unknown key (expected vendors, classes, ids or bdfs)", full,
+				       NULL);
+		if (v->type != YAML_SEQUENCE_NODE)
+			return fail_at(ctx, v, err, "expected a list of strings", full, NULL);
+		for (yaml_node_item_t *item = v->data.sequence.items.start;
+		     item < v->data.sequence.items.top; item++) {
+			yaml_node_t *entry = yaml_document_get_node(ctx->doc, *item);
+			const char *text = scalar_text(entry);
+			if (text == NULL)
+				return fail_at(ctx, entry, err, "expected a string", full, NULL);
+			cleanup_error struct vg_error *inner = NULL;
+			if (add(filter, text, &inner) < 0)
+				return fail_at(ctx, entry, err, NULL, full, inner->msg);
+		}
+	}
+	return 0;
+}
+
+static int parse_enum(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
+		      struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	cleanup_error struct vg_error *inner = NULL;
+	void *field = (char *)ctx->config + spec->offset;
+	int ret = text == NULL ? -EINVAL
+		  : spec->kind == KEY_LOG_FORMAT
+			  ? vg_log_parse_format(text, field, &inner)
+			  : vg_log_parse_level(text, field, &inner);
+	if (ret < 0)
+		return fail_at(ctx, value, err, "expected a string", spec->name,
+			       inner ? inner->msg : NULL);
+	return 0;
+}
+
+static int apply_key(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
+		     struct vg_error **err)
+{
+	void *field = (char *)ctx->config + spec->offset;
+	switch (spec->kind) {
+	case KEY_PATH:
+		return parse_path(ctx, spec->name, value, field, err);
+	case KEY_BOOL:
+		return parse_bool(ctx, spec->name, value, field, err);
+	case KEY_FILTER:
+		return parse_filter(ctx, value, field, err);
+	case KEY_LOG_FORMAT:
+	case KEY_LOG_LEVEL:
+		return parse_enum(ctx, spec, value, err);
+	}
+	return vg_error_set(err, EINVAL, "internal: unknown key kind");
+}
+
+static int apply_document(struct parse_ctx *ctx, struct vg_error **err)
+{
+	yaml_node_t *root = yaml_document_get_root_node(ctx->doc);
+	if (root == NULL)
+		return 0; /* an empty file keeps every default */
+	if (root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0)
+		return 0;
+	if (root->type != YAML_MAPPING_NODE)
+		return vg_error_set(err, EINVAL, "%s:%lu: the config must be a mapping of keys",
+				    ctx->origin, line_of(root));
+	for (yaml_node_pair_t *pair = root->data.mapping.pairs.start;
+	     pair < root->data.mapping.pairs.top; pair++) {
+		yaml_node_t *k = yaml_document_get_node(ctx->doc, pair->key);
+		yaml_node_t *v = yaml_document_get_node(ctx->doc, pair->value);
+		const char *name = scalar_text(k);
+		const struct key_spec *spec = NULL;
+		for (size_t i = 0; name && i < VG_ARRAY_SIZE(top_keys); i++)
+			if (strcmp(name, top_keys[i].name) == 0)
+				spec = &top_keys[i];
+		if (spec == NULL)
+			return fail_at(ctx, k, err, "unknown key", name ? name : "(non-string key)",
+				       NULL);
+		int ret = apply_key(ctx, spec, v, err);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+void vg_config_defaults(struct vg_config *config)
+{
+	memset(config, 0, sizeof(*config));
+	strcpy(config->sysfs_root, "/sys");
+	strcpy(config->dev_root, "/dev");
+	strcpy(config->proc_root, "/proc");
+	vg_gpu_filter_default(&config->filter);
+	config->log_format = VG_LOG_TEXT;
+	config->log_level = VG_LOG_INFO;
+}
+
+int vg_config_load_string(struct vg_config *config, const char *text, size_t len,
+			  const char *origin, struct vg_error **err)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	if (!yaml_parser_initialize(&parser))
+		return vg_error_set(err, ENOMEM, "libyaml: cannot initialise the parser");
+	yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+	if (!yaml_parser_load(&parser, &doc)) {
+		int ret = vg_error_set(err, EINVAL, "%s:%lu: invalid YAML: %s", origin,
+				       (unsigned long)parser.problem_mark.line + 1,
+				       parser.problem ? parser.problem : "parse error");
+		yaml_parser_delete(&parser);
+		return ret;
+	}
+	/* Work on a copy so a bad file leaves the caller's config untouched. */
+	struct vg_config candidate = *config;
+	struct parse_ctx ctx = { &doc, origin, &candidate };
+	int ret = apply_document(&ctx, err);
+	yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+	if (ret == 0)
+		*config = candidate;
+	return ret;
+}
+
+int vg_config_load_file(struct vg_config *config, const char *path, bool optional,
+			struct vg_error **err)
+{
+	cleanup_free char *text = NULL;
+	size_t len = 0;
+	cleanup_error struct vg_error *read_err = NULL;
+	if (vg_read_file(path, 1u << 20, &text, &len, &read_err) < 0) {
+		if (optional && read_err->code == ENOENT)
+			return 0;
+		vg_error_keep_first(err, TAKE_PTR(read_err));
+		return vg_error_prefix(err, "config");
+	}
+	return vg_config_load_string(config, text, len, path, err);
+}

@@ -1,0 +1,34 @@
+/* /etc/vmgpu/config.yaml, read strictly with libyaml: unknown keys and bad values are errors
+ * that name the key and its line. */
+#pragma once
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "lib/gpu_filter.h"
+#include "lib/log.h"
+
+struct vg_error;
+
+#define VG_DEFAULT_CONFIG_PATH "/etc/vmgpu/config.yaml"
+
+struct vg_config {
+	char sysfs_root[PATH_MAX];
+	char dev_root[PATH_MAX];
+	char proc_root[PATH_MAX];
+	char modules_dir[PATH_MAX]; /* "": /lib/modules/$(uname -r) */
+	char pci_ids[PATH_MAX]; /* "": libpci's default database */
+	char qemu_binary[PATH_MAX]; /* "": qemu-system-<host arch> */
+	bool allow_boot_vga;
+	struct vg_gpu_filter filter;
+	enum vg_log_format log_format;
+	enum vg_log_level log_level;
+};
+
+void vg_config_defaults(struct vg_config *config);
+/* Applies the file over the current values. A missing file is an error unless optional. */
+int vg_config_load_file(struct vg_config *config, const char *path, bool optional,
+			struct vg_error **err);
+int vg_config_load_string(struct vg_config *config, const char *text, size_t len,
+			  const char *origin, struct vg_error **err);
