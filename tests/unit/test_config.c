@@ -1,0 +1,89 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <string.h>
+
+#include "lib/config.h"
+#include "lib/error.h"
+
+static struct vg_error *load(struct vg_config *config, const char *text)
+{
+	struct vg_error *err = NULL;
+	vg_config_defaults(config);
+	vg_config_load_string(config, text, strlen(text), "config.yaml", &err);
+	return err;
+}
+
+static void defaults_select_nvidia_display_and_3d(void **state)
+{
+	(void)state;
+	struct vg_config config;
+	assert_null(load(&config, ""));
+	assert_string_equal(config.sysfs_root, "/sys");
+	assert_int_equal(config.filter.n_vendors, 1);
+	assert_int_equal(config.filter.vendors[0], 0x10de);
+	assert_int_equal(config.filter.n_classes, 2);
+	assert_false(config.allow_boot_vga);
+}
+
+static void reads_every_key(void **state)
+{
+	(void)state;
+	struct vg_config config;
+	struct vg_error *err = load(&config, "sysfs_root: /tmp/fixture\n"
+					     "allow_boot_vga: true\n"
+					     "log_format: json\n"
+					     "gpu_filter:\n"
+					     "  ids: [\"1234:11e8\", \"8086:10d3\"]\n"
+					     "  bdfs: [\"0000:00:03.0\"]\n");
+	assert_null(err);
+	assert_string_equal(config.sysfs_root, "/tmp/fixture");
+	assert_true(config.allow_boot_vga);
+	assert_int_equal(config.log_format, VG_LOG_JSON);
+	assert_int_equal(config.filter.n_vendors, 0);
+	assert_int_equal(config.filter.n_ids, 2);
+	assert_int_equal(config.filter.ids[1].device, 0x10d3);
+	assert_int_equal(config.filter.n_bdfs, 1);
+}
+
+static void assert_error(const char *text, const char *expected)
+{
+	struct vg_config config;
+	struct vg_error *err = load(&config, text);
+	assert_non_null(err);
+	if (strstr(err->msg, expected) == NULL)
+		fail_msg("error '%s' does not contain '%s'", err->msg, expected);
+	vg_error_free(err);
+	/* A rejected file changes nothing. */
+	assert_string_equal(config.sysfs_root, "/sys");
+}
+
+static void errors_name_the_key_and_line(void **state)
+{
+	(void)state;
+	assert_error("sysfs_root: /x\nsysfs_rot: /y\n", "config.yaml:2: sysfs_rot: unknown key");
+	assert_error("sysfs_root: /x\nallow_boot_vga: yes\n",
+		     "config.yaml:2: allow_boot_vga: expected true or false");
+	assert_error("gpu_filter:\n  vendors: [\"nvidia\"]\n",
+		     "config.yaml:2: gpu_filter.vendors: vendor 'nvidia' is not");
+	assert_error("gpu_filter:\n  bdfs: [\"0000:zz:00.0\"]\n",
+		     "config.yaml:2: gpu_filter.bdfs: '0000:zz:00.0' is not a PCI address");
+	assert_error("gpu_filter:\n  device: []\n", "config.yaml:2: gpu_filter.device: unknown key");
+	assert_error("log_format: xml\n", "config.yaml:1: log_format: log format 'xml'");
+	assert_error("sysfs_root: [a]\n", "config.yaml:1: sysfs_root: expected a path string");
+	assert_error("sysfs_root: relative/path\n", "must be an absolute path");
+	assert_error("- a\n- b\n", "the config must be a mapping");
+	assert_error("a: [\n", "invalid YAML");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(defaults_select_nvidia_display_and_3d),
+		cmocka_unit_test(reads_every_key),
+		cmocka_unit_test(errors_name_the_key_and_line),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
