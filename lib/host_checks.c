@@ -140,7 +140,7 @@ static enum module_state module_state(const struct vg_host_env *env, const char 
 		if (vg_sysfs_exists(env->sysfs, rel))
 			return MODULE_LOADED;
 	}
-	char file[PATH_MAX];
+	char file[PATH_MAX + 32];
 	snprintf(file, sizeof(file), "%s/modules.builtin", modules_dir);
 	if (module_listed(file, module))
 		return MODULE_BUILTIN;
