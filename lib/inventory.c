@@ -23,7 +23,7 @@ static void lookup_member(void *ctx, struct vg_pci_function *member)
 	struct vg_scan_entry *entry = vg_scan_table_find(lookup->table, &member->addr);
 	if (entry == NULL)
 		return;
-	vg_scan_entry_load_driver(lookup->sysfs, entry);
+	vg_scan_entry_load_details(lookup->sysfs, entry);
 	*member = entry->fn;
 }
 
@@ -53,15 +53,20 @@ static bool config_space_answers(const struct vg_sysfs *sysfs, const char *bdf)
 
 static void read_pcie_root(const struct vg_sysfs *sysfs, struct vg_gpu *gpu)
 {
-	char rel[96], resolved[PATH_MAX];
-	snprintf(rel, sizeof(rel), "bus/pci/devices/%s", gpu->fn.bdf);
+	char path[PATH_MAX], target[PATH_MAX];
 	gpu->pcie_root[0] = '\0';
-	if (vg_sysfs_resolve(sysfs, rel, resolved, sizeof(resolved), NULL) < 0)
+	if (vg_sysfs_path(sysfs, path, sizeof(path), NULL, "bus/pci/devices/%s", gpu->fn.bdf) < 0)
 		return;
-	/* "devices/pci0000:00/0000:00:01.0/..." names the host bridge in its second component. */
-	const char *root = strncmp(resolved, "devices/", 8) == 0 ? resolved + 8 : NULL;
-	if (root == NULL || strncmp(root, "pci", 3) != 0)
+	ssize_t n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
 		return;
+	target[n] = '\0';
+	/* The link reads "../../../devices/pci0000:00/0000:00:01.0/...": the component after
+	 * "devices/" names the host bridge. */
+	const char *root = strstr(target, "devices/pci");
+	if (root == NULL)
+		return;
+	root += strlen("devices/");
 	size_t len = strcspn(root, "/");
 	if (len < sizeof(gpu->pcie_root)) {
 		memcpy(gpu->pcie_root, root, len);
@@ -116,7 +121,7 @@ static int find_companions(const struct vg_sysfs *sysfs, struct vg_scan_table *t
 		struct vg_scan_entry *entry = &table->entries[i];
 		if (i == gpu_pos || entry->is_gpu)
 			continue;
-		vg_scan_entry_load_driver(sysfs, entry);
+		vg_scan_entry_load_details(sysfs, entry);
 		int ret = add_companion(gpu, &entry->fn, err);
 		if (ret < 0)
 			return ret;
@@ -131,7 +136,9 @@ static int find_companions(const struct vg_sysfs *sysfs, struct vg_scan_table *t
 		if (ret < 0)
 			return ret;
 	}
-	qsort(gpu->companions, gpu->n_companions, sizeof(*gpu->companions), compare_functions);
+	if (gpu->n_companions > 1)
+		qsort(gpu->companions, gpu->n_companions, sizeof(*gpu->companions),
+		      compare_functions);
 	return 0;
 }
 

@@ -98,7 +98,9 @@ static int read_members(const struct vg_sysfs *sysfs, int number, vg_function_lo
 		}
 		group->members[group->n_members++] = member;
 	}
-	qsort(group->members, group->n_members, sizeof(*group->members), compare_functions);
+	if (group->n_members > 1)
+		qsort(group->members, group->n_members, sizeof(*group->members),
+		      compare_functions);
 	return 0;
 }
 

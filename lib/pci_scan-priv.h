@@ -9,7 +9,7 @@
 struct vg_scan_entry {
 	struct vg_pci_function fn;
 	bool is_gpu;
-	bool driver_read;
+	bool details_read; /* driver and full class */
 	/* Filled for GPUs only. */
 	int numa_node;
 	int iommu_group; /* -1 when the device has none */
@@ -33,6 +33,6 @@ int vg_scan_table_collect(struct vg_pci_scanner *scanner, const struct vg_gpu_fi
 			  struct vg_scan_table *table, struct vg_error **err);
 void vg_scan_table_clear(struct vg_scan_table *table);
 struct vg_scan_entry *vg_scan_table_find(struct vg_scan_table *table, const struct vg_bdf *bdf);
-/* Reads the driver link on first use; non-GPU functions are only read when needed. */
-void vg_scan_entry_load_driver(const struct vg_sysfs *sysfs, struct vg_scan_entry *entry);
+/* Reads the driver link and the full class on first use: most functions are never reported. */
+void vg_scan_entry_load_details(const struct vg_sysfs *sysfs, struct vg_scan_entry *entry);
 void vg_pci_lookup_names(struct vg_pci_scanner *scanner, struct vg_gpu *gpu);

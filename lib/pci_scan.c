@@ -107,7 +107,8 @@ static void copy_name(char *dst, size_t size, const char *src)
 static void fill_gpu_details(struct pci_dev *dev, struct vg_scan_entry *entry)
 {
 	pci_fill_info(dev, PCI_FILL_NUMA_NODE | PCI_FILL_SIZES | PCI_FILL_SUBSYS |
-				   PCI_FILL_IOMMU_GROUP | PCI_FILL_DRIVER);
+				   PCI_FILL_IOMMU_GROUP | PCI_FILL_DRIVER | PCI_FILL_CLASS_EXT);
+	entry->fn.class_code = ((uint32_t)dev->device_class << 8) | dev->prog_if;
 	entry->numa_node = dev->numa_node < 0 ? -1 : dev->numa_node;
 	entry->subsys_vendor_id = dev->subsys_vendor_id;
 	entry->subsys_device_id = dev->subsys_id;
@@ -117,7 +118,7 @@ static void fill_gpu_details(struct pci_dev *dev, struct vg_scan_entry *entry)
 	entry->iommu_group = group ? atoi(group) : -1;
 	copy_name(entry->fn.driver, sizeof(entry->fn.driver),
 		  pci_get_string_property(dev, PCI_FILL_DRIVER));
-	entry->driver_read = true;
+	entry->details_read = true;
 }
 
 /* Everything that calls into libpci happens here, under the error escape. */
@@ -137,7 +138,9 @@ static int read_bus(struct vg_pci_scanner *scanner, const struct vg_gpu_filter *
 
 	size_t cap = 0;
 	for (struct pci_dev *dev = (*bus)->devices; dev != NULL; dev = dev->next) {
-		pci_fill_info(dev, PCI_FILL_IDENT | PCI_FILL_CLASS | PCI_FILL_CLASS_EXT);
+		/* Only ids and class for every function: the prog-if costs one more file per
+		 * function, so it is read later for the few functions we report. */
+		pci_fill_info(dev, PCI_FILL_IDENT | PCI_FILL_CLASS);
 		if (table->count == cap) {
 			cap = cap ? cap * 2 : 256;
 			struct vg_scan_entry *grown =
@@ -155,7 +158,7 @@ static int read_bus(struct vg_pci_scanner *scanner, const struct vg_gpu_filter *
 		vg_bdf_format(&entry->fn.addr, entry->fn.bdf);
 		entry->fn.vendor_id = dev->vendor_id;
 		entry->fn.device_id = dev->device_id;
-		entry->fn.class_code = ((uint32_t)dev->device_class << 8) | dev->prog_if;
+		entry->fn.class_code = (uint32_t)dev->device_class << 8;
 		entry->iommu_group = -1;
 		entry->numa_node = -1;
 		entry->is_gpu = vg_gpu_filter_match(filter, &entry->fn.addr, dev->vendor_id,
@@ -215,15 +218,19 @@ struct vg_scan_entry *vg_scan_table_find(struct vg_scan_table *table, const stru
 	return NULL;
 }
 
-void vg_scan_entry_load_driver(const struct vg_sysfs *sysfs, struct vg_scan_entry *entry)
+void vg_scan_entry_load_details(const struct vg_sysfs *sysfs, struct vg_scan_entry *entry)
 {
-	if (entry->driver_read)
+	if (entry->details_read)
 		return;
 	char rel[96];
 	snprintf(rel, sizeof(rel), "bus/pci/devices/%s/driver", entry->fn.bdf);
 	if (vg_sysfs_link_name(sysfs, rel, entry->fn.driver, sizeof(entry->fn.driver), NULL) < 0)
 		entry->fn.driver[0] = '\0';
-	entry->driver_read = true;
+	long long class_code;
+	snprintf(rel, sizeof(rel), "bus/pci/devices/%s/class", entry->fn.bdf);
+	if (vg_sysfs_read_long(sysfs, rel, &class_code, NULL) == 0)
+		entry->fn.class_code = (uint32_t)class_code & 0xffffff;
+	entry->details_read = true;
 }
 
 void vg_pci_lookup_names(struct vg_pci_scanner *scanner, struct vg_gpu *gpu)
