@@ -251,6 +251,22 @@ class DoctorOnFixtures(unittest.TestCase):
         _, captured = self.doctor("captured-boot-vga")
         self.assertEqual(original["gpus"], captured["gpus"])
 
+    def test_real_h100_capture(self):
+        """A tree captured read-only from a real H100 cloud VM (IOMMU off) reads unchanged."""
+        unpacked = os.path.join(self.fixtures, "h100-capture")
+        os.makedirs(unpacked)
+        subprocess.run(["tar", "-xzf", os.path.join(SOURCE, "tests/fixtures/captured/h100-cloud-vm.tar.gz"),
+                        "-C", unpacked], check=True)
+        os.rename(os.path.join(unpacked, "sys"), os.path.join(self.fixtures, "h100-cloud-vm"))
+        _, report = self.doctor("h100-cloud-vm")
+        self.assertEqual(report["functions_scanned"], 7)
+        [gpu] = report["gpus"]
+        self.assertEqual((gpu["bdf"], gpu["name"], gpu["numa_node"], gpu["state"], gpu["reason"]),
+                         ("0000:00:06.0", "GH100[H100 SXM5 80GB]", -1, "unsupported", IOMMU_OFF))
+        self.assertEqual({b["index"]: b["size"] for b in gpu["bars"]},
+                         {0: 16 << 20, 2: 128 << 30, 4: 32 << 20})
+        self.assertEqual(gpu["driver"], "nvidia")
+
     def test_missing_sysfs_root_is_a_clear_error(self):
         proc = subprocess.run([VMGPUCTL, "doctor", "--config", self.config, "--sysfs-root",
                                os.path.join(self.tmp, "nope")],
