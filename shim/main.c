@@ -1,5 +1,6 @@
 /* vmgpu-shim: one sandbox VM, detached from whoever started it (the conmon process model). */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdio.h>

@@ -1,6 +1,7 @@
 #include "shim/qemu_child.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <signal.h>

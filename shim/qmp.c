@@ -1,6 +1,7 @@
 #include "shim/qmp.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <json-c/json.h>
 #include <poll.h>
 #include <stdio.h>

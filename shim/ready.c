@@ -1,6 +1,7 @@
 #include "shim/ready.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,7 @@
 #include "shim/sandbox_files.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
@@ -43,9 +44,10 @@ int vg_sandbox_paths_init(const char *dir, struct vg_sandbox_paths *paths, struc
 		return vg_error_set(err, ENAMETOOLONG, "sandbox directory path too long");
 	strcpy(paths->dir, dir);
 	/* Unix socket paths are limited to 108 bytes: check now rather than fail in QEMU. */
-	int ret = vg_sandbox_file(paths, "qmp.sock", paths->qmp_socket, 108, err);
+	int ret = vg_sandbox_file(paths, "qmp.sock", paths->qmp_socket, sizeof(paths->qmp_socket), err);
 	if (ret == 0)
-		ret = vg_sandbox_file(paths, "ready.sock", paths->ready_socket, 108, err);
+		ret = vg_sandbox_file(paths, "ready.sock", paths->ready_socket,
+				      sizeof(paths->ready_socket), err);
 	if (ret == 0)
 		ret = vg_sandbox_file(paths, "console.log", paths->console_log,
 				      sizeof(paths->console_log), err);

@@ -65,8 +65,8 @@ struct vg_sandbox_spec {
 /* Paths that live in the sandbox directory, filled in by the shim before the argv is built. */
 struct vg_sandbox_paths {
 	char dir[PATH_MAX];
-	char qmp_socket[PATH_MAX];
-	char ready_socket[PATH_MAX];
+	char qmp_socket[108]; /* sun_path: unix socket paths are short */
+	char ready_socket[108];
 	char console_log[PATH_MAX];
 	char qemu_pidfile[PATH_MAX];
 };

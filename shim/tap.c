@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
@@ -68,13 +69,18 @@ static int route_socket(struct nl_sock **out, struct vg_error **err)
 	return 0;
 }
 
-static int configure_link(const struct vg_tap *tap, const struct vg_spec_network *net,
+static int configure_link(struct vg_tap *tap, const struct vg_spec_network *net,
 			  struct vg_error **err)
 {
 	cleanup_nl_sock struct nl_sock *sock = NULL;
 	int ret = route_socket(&sock, err);
 	if (ret < 0)
 		return ret;
+	cleanup_rtnl_link struct rtnl_link *current = NULL;
+	ret = rtnl_link_get_kernel(sock, 0, tap->name, &current);
+	if (ret < 0)
+		return vg_error_set(err, EIO, "libnl: look up %s: %s", tap->name, nl_geterror(ret));
+	tap->ifindex = rtnl_link_get_ifindex(current);
 
 	cleanup_rtnl_addr struct rtnl_addr *addr = rtnl_addr_alloc();
 	uint32_t host_be = htonl(net->host_addr);
@@ -90,13 +96,9 @@ static int configure_link(const struct vg_tap *tap, const struct vg_spec_network
 		return vg_error_set(err, EIO, "libnl: add address to %s: %s", tap->name,
 				    nl_geterror(ret));
 
-	cleanup_rtnl_link struct rtnl_link *current = NULL;
 	cleanup_rtnl_link struct rtnl_link *change = rtnl_link_alloc();
 	if (change == NULL)
 		return vg_error_set(err, ENOMEM, "libnl: out of memory");
-	ret = rtnl_link_get_kernel(sock, tap->ifindex, NULL, &current);
-	if (ret < 0)
-		return vg_error_set(err, EIO, "libnl: look up %s: %s", tap->name, nl_geterror(ret));
 	rtnl_link_set_flags(change, IFF_UP);
 	ret = rtnl_link_change(sock, current, change, 0);
 	if (ret < 0)
@@ -129,9 +131,6 @@ int vg_tap_open(const char *name, const struct vg_spec_network *net, struct vg_t
 		return vg_error_set_errno(err, saved, "create TAP %s", name);
 	}
 	snprintf(tap->name, sizeof(tap->name), "%s", ifr.ifr_name);
-	tap->ifindex = (int)if_nametoindex(tap->name);
-	if (tap->ifindex == 0)
-		return vg_error_set_errno(err, errno, "look up TAP %s", tap->name);
 	/* Closing the only fd on failure removes the non-persistent device again. */
 	int ret = configure_link(tap, net, err);
 	if (ret < 0)
