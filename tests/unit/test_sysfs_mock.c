@@ -12,7 +12,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,172 +24,45 @@
 #include "lib/cleanup.h"
 #include "lib/error.h"
 #include "lib/sysfs.h"
+#include "tests/mock/fixture_tree.h"
 
 #define GPU "0000:01:00.0"
 #define GPU_AUDIO "0000:01:00.1"
 #define NIC "0000:02:00.0"
-#define BRIDGE_DIR "devices/pci0000:00/0000:00:01.0"
+/* ---- the tree every test starts from --------------------------------------------------------- */
 
-#define TREE_PATH_MAX 512 /* temp dirs are short; keeps every joined path well under PATH_MAX */
-
-struct tree {
-	char dir[64];             /* the temp dir holding everything */
-	char root[TREE_PATH_MAX]; /* stands in for /sys */
-	char dev[TREE_PATH_MAX];  /* stands in for /dev */
-	char log[TREE_PATH_MAX];
-	struct vg_sysfs sysfs;
-};
-
-/* ---- building a tiny tree -------------------------------------------------------------------- */
-
-static void mkdirs(const char *path)
+static void tree_make(struct fixture_tree *t)
 {
-	char buf[PATH_MAX];
-	int n = snprintf(buf, sizeof(buf), "%s", path);
-	assert_true(n > 0 && (size_t)n < sizeof(buf));
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		assert_true(mkdir(buf, 0755) == 0 || errno == EEXIST);
-		*p = '/';
-	}
-	assert_true(mkdir(buf, 0755) == 0 || errno == EEXIST);
-}
-
-static void tree_path(const struct tree *t, char *buf, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void tree_path(const struct tree *t, char *buf, const char *fmt, ...)
-{
-	int n = snprintf(buf, PATH_MAX, "%s/", t->root);
-	assert_true(n > 0 && n < PATH_MAX);
-	va_list ap;
-	va_start(ap, fmt);
-	int m = vsnprintf(buf + n, (size_t)(PATH_MAX - n), fmt, ap);
-	va_end(ap);
-	assert_true(m >= 0 && m < PATH_MAX - n);
-}
-
-static void put_file(const char *path, const char *content)
-{
-	cleanup_close int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
-}
-
-static void put_link(const char *target, const char *link)
-{
-	assert_int_equal(symlink(target, link), 0);
-}
-
-static void tree_add_driver(const struct tree *t, const char *name)
-{
-	static const char *const files[] = { "bind", "unbind", "new_id", "remove_id" };
-	char path[PATH_MAX];
-	tree_path(t, path, "bus/pci/drivers/%s", name);
-	mkdirs(path);
-	for (size_t i = 0; i < VG_ARRAY_SIZE(files); i++) {
-		tree_path(t, path, "bus/pci/drivers/%s/%s", name, files[i]);
-		put_file(path, "");
-	}
-}
-
-/* A device behind one bridge, BRIDGE_DIR/<bdf>, with its links as the kernel makes them. */
-static void tree_add_device(const struct tree *t, const char *bdf, const char *driver, int group,
-			    const char *native)
-{
-	char path[PATH_MAX], target[PATH_MAX];
-	tree_path(t, path, BRIDGE_DIR "/%s", bdf);
-	mkdirs(path);
-	tree_path(t, path, BRIDGE_DIR "/%s/driver_override", bdf);
-	put_file(path, "(null)\n");
-	tree_path(t, path, BRIDGE_DIR "/%s/reset", bdf);
-	put_file(path, "");
-	tree_path(t, path, "bus/pci/devices/%s", bdf);
-	snprintf(target, sizeof(target), "../../../" BRIDGE_DIR "/%s", bdf);
-	put_link(target, path);
-	if (native != NULL) {
-		tree_path(t, path, BRIDGE_DIR "/%s/.mock_native_driver", bdf);
-		put_file(path, native);
-	}
-	if (driver != NULL) {
-		tree_path(t, path, BRIDGE_DIR "/%s/driver", bdf);
-		snprintf(target, sizeof(target), "../../../../bus/pci/drivers/%s", driver);
-		put_link(target, path);
-		tree_path(t, path, "bus/pci/drivers/%s/%s", driver, bdf);
-		snprintf(target, sizeof(target), "../../../../" BRIDGE_DIR "/%s", bdf);
-		put_link(target, path);
-	}
-	if (group >= 0) {
-		tree_path(t, path, "kernel/iommu_groups/%d/devices", group);
-		mkdirs(path);
-		tree_path(t, path, "kernel/iommu_groups/%d/devices/%s", group, bdf);
-		snprintf(target, sizeof(target), "../../../../" BRIDGE_DIR "/%s", bdf);
-		put_link(target, path);
-		tree_path(t, path, BRIDGE_DIR "/%s/iommu_group", bdf);
-		snprintf(target, sizeof(target), "../../../../kernel/iommu_groups/%d", group);
-		put_link(target, path);
-	}
-}
-
-static void tree_make(struct tree *t)
-{
-	snprintf(t->dir, sizeof(t->dir), "/tmp/vg-sysfs-mock.XXXXXX");
-	assert_non_null(mkdtemp(t->dir));
-	snprintf(t->root, sizeof(t->root), "%s/sys", t->dir);
-	snprintf(t->dev, sizeof(t->dev), "%s/dev", t->dir);
-	snprintf(t->log, sizeof(t->log), "%s/mock.log", t->dir);
-	char path[PATH_MAX];
-	tree_path(t, path, "bus/pci/devices");
-	mkdirs(path);
-	tree_path(t, path, "bus/pci/drivers_probe");
-	put_file(path, "");
-	mkdirs(t->dev);
-	tree_add_driver(t, "nvidia");
-	tree_add_driver(t, "snd_hda_intel");
-	tree_add_driver(t, "vfio-pci");
-	tree_add_driver(t, "e1000e");
-	tree_add_device(t, GPU, "nvidia", 14, "nvidia");
-	tree_add_device(t, GPU_AUDIO, "snd_hda_intel", 14, "snd_hda_intel");
-	tree_add_device(t, NIC, NULL, -1, "e1000e"); /* no IOMMU group, unbound */
-	assert_int_equal(vg_sysfs_init(&t->sysfs, t->root, NULL), 0);
-}
-
-static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void clear_mock_env(void)
-{
-	static const char *const vars[] = { "VG_MOCK_SYSFS_ROOT", "VG_MOCK_DEV_ROOT", "VG_MOCK_LOG",
-					    "VG_MOCK_FAIL", "VG_MOCK_HANG_SECONDS" };
-	for (size_t i = 0; i < VG_ARRAY_SIZE(vars); i++)
-		unsetenv(vars[i]);
+	fixture_tree_make(t);
+	static const char *const drivers[] = { "nvidia", "snd_hda_intel", "vfio-pci", "e1000e" };
+	for (size_t i = 0; i < VG_ARRAY_SIZE(drivers); i++)
+		fixture_tree_add_driver(t, drivers[i]);
+	static const struct fixture_device devices[] = {
+		{ .bdf = GPU, .driver = "nvidia", .group = 14, .native = "nvidia" },
+		{ .bdf = GPU_AUDIO, .driver = "snd_hda_intel", .group = 14,
+		  .native = "snd_hda_intel" },
+		{ .bdf = NIC, .group = -1, .native = "e1000e" }, /* no IOMMU group, unbound */
+	};
+	for (size_t i = 0; i < VG_ARRAY_SIZE(devices); i++)
+		fixture_tree_add_device(t, &devices[i]);
 }
 
 static int setup(void **state)
 {
-	struct tree *t = calloc(1, sizeof(*t));
+	struct fixture_tree *t = calloc(1, sizeof(*t));
 	assert_non_null(t);
-	clear_mock_env(); /* build the tree with the mock idle */
+	fixture_mock_env_clear(); /* build the tree with the mock idle */
 	tree_make(t);
-	setenv("VG_MOCK_SYSFS_ROOT", t->root, 1);
-	setenv("VG_MOCK_DEV_ROOT", t->dev, 1);
-	setenv("VG_MOCK_LOG", t->log, 1);
+	fixture_mock_env_use(t);
 	*state = t;
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct tree *t = *state;
-	clear_mock_env();
-	nftw(t->dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+	struct fixture_tree *t = *state;
+	fixture_mock_env_clear();
+	fixture_tree_remove(t);
 	free(t);
 	return 0;
 }
@@ -209,96 +81,8 @@ static int check_preloaded(void **state)
 
 /* ---- looking at the outcome ------------------------------------------------------------------ */
 
-/* The driver a device is bound to, "" when unbound. */
-static const char *driver_of(const struct tree *t, const char *bdf)
-{
-	static char name[NAME_MAX + 1];
-	char path[PATH_MAX], target[PATH_MAX];
-	tree_path(t, path, "bus/pci/devices/%s/driver", bdf);
-	ssize_t n = readlink(path, target, sizeof(target) - 1);
-	if (n < 0) {
-		assert_int_equal(errno, ENOENT);
-		return "";
-	}
-	target[n] = '\0';
-	/* The link must resolve to the driver's directory, as the kernel's does. */
-	char resolved[PATH_MAX], expected[PATH_MAX + NAME_MAX + 32], real_root[PATH_MAX];
-	assert_non_null(realpath(path, resolved));
-	assert_non_null(realpath(t->root, real_root));
-	snprintf(name, sizeof(name), "%s", strrchr(target, '/') + 1);
-	snprintf(expected, sizeof(expected), "%s/bus/pci/drivers/%s", real_root, name);
-	assert_string_equal(resolved, expected);
-	assert_true(strncmp(target, "../", 3) == 0);
-	return name;
-}
-
-/* Whether drivers/<drv>/<bdf> exists and leads back to the device. */
-static bool driver_lists(const struct tree *t, const char *driver, const char *bdf)
-{
-	char path[PATH_MAX], resolved[PATH_MAX], device[PATH_MAX], dev_resolved[PATH_MAX];
-	tree_path(t, path, "bus/pci/drivers/%s/%s", driver, bdf);
-	struct stat st;
-	if (lstat(path, &st) < 0)
-		return false;
-	assert_true(S_ISLNK(st.st_mode));
-	assert_non_null(realpath(path, resolved));
-	tree_path(t, device, "bus/pci/devices/%s", bdf);
-	assert_non_null(realpath(device, dev_resolved));
-	assert_string_equal(resolved, dev_resolved);
-	return true;
-}
-
-static const char *file_content(const char *path)
-{
-	static char buf[4096];
-	cleanup_close int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return NULL;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	assert_true(n >= 0);
-	buf[n] = '\0';
-	return buf;
-}
-
-static const char *override_of(const struct tree *t, const char *bdf)
-{
-	char path[PATH_MAX];
-	tree_path(t, path, "bus/pci/devices/%s/driver_override", bdf);
-	return file_content(path);
-}
-
-static bool vfio_node_exists(const struct tree *t, int group)
-{
-	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/vfio/%d", t->dev, group);
-	return access(path, F_OK) == 0;
-}
-
-static const char *log_of(const struct tree *t)
-{
-	const char *log = file_content(t->log);
-	return log ? log : "";
-}
-
-/* Everything a control write could change, in one string to compare before and after. */
-static void snapshot(const struct tree *t, char *buf, size_t size)
-{
-	static const char *const bdfs[] = { GPU, GPU_AUDIO, NIC };
-	static const char *const drivers[] = { "nvidia", "snd_hda_intel", "vfio-pci", "e1000e" };
-	size_t used = 0;
-	for (size_t i = 0; i < VG_ARRAY_SIZE(bdfs); i++) {
-		used += (size_t)snprintf(buf + used, size - used, "%s=%s override=%s", bdfs[i],
-					 driver_of(t, bdfs[i]), override_of(t, bdfs[i]));
-		for (size_t d = 0; d < VG_ARRAY_SIZE(drivers); d++)
-			if (driver_lists(t, drivers[d], bdfs[i]))
-				used += (size_t)snprintf(buf + used, size - used, " in:%s",
-							 drivers[d]);
-	}
-	snprintf(buf + used, size - used, " vfio14=%d", vfio_node_exists(t, 14));
-}
-
 /* One control write through the product's path; returns 0 or the errno it failed with. */
-static int sysfs_write(const struct tree *t, const char *rel, const char *value)
+static int sysfs_write(const struct fixture_tree *t, const char *rel, const char *value)
 {
 	cleanup_error struct vg_error *err = NULL;
 	int ret = vg_sysfs_write(&t->sysfs, rel, value, &err);
@@ -311,7 +95,7 @@ static int sysfs_write(const struct tree *t, const char *rel, const char *value)
 }
 
 /* In a forked child: cmocka's asserts would unwind into the parent's runner, so none here. */
-static void child_write_and_exit(const struct tree *t, const char *rel, const char *value)
+static void child_write_and_exit(const struct fixture_tree *t, const char *rel, const char *value)
 {
 	struct vg_error *err = NULL;
 	int ret = vg_sysfs_write(&t->sysfs, rel, value, &err);
@@ -330,32 +114,33 @@ static void wait_for_success(pid_t pid)
 
 static void test_libvirt_round_trip(void **state)
 {
-	struct tree *t = *state;
-	assert_string_equal(driver_of(t, GPU), "nvidia");
-	assert_false(vfio_node_exists(t, 14));
+	struct fixture_tree *t = *state;
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
+	assert_false(fixture_vfio_node_exists(t, 14));
 
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/driver_override", "vfio-pci"), 0);
-	assert_string_equal(override_of(t, GPU), "vfio-pci\n");
-	assert_string_equal(driver_of(t, GPU), "nvidia"); /* an override alone moves nothing */
+	assert_string_equal(fixture_override_of(t, GPU), "vfio-pci\n");
+	/* An override alone moves nothing. */
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "");
-	assert_false(driver_lists(t, "nvidia", GPU));
+	assert_string_equal(fixture_driver_of(t, GPU), "");
+	assert_false(fixture_driver_lists(t, "nvidia", GPU));
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "vfio-pci");
-	assert_true(driver_lists(t, "vfio-pci", GPU));
-	assert_true(vfio_node_exists(t, 14));
+	assert_string_equal(fixture_driver_of(t, GPU), "vfio-pci");
+	assert_true(fixture_driver_lists(t, "vfio-pci", GPU));
+	assert_true(fixture_vfio_node_exists(t, 14));
 
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/unbind", GPU), 0);
-	assert_false(vfio_node_exists(t, 14));
-	assert_false(driver_lists(t, "vfio-pci", GPU));
+	assert_false(fixture_vfio_node_exists(t, 14));
+	assert_false(fixture_driver_lists(t, "vfio-pci", GPU));
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/driver_override", "\n"), 0);
-	assert_string_equal(override_of(t, GPU), "(null)\n");
+	assert_string_equal(fixture_override_of(t, GPU), "(null)\n");
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "nvidia");
-	assert_true(driver_lists(t, "nvidia", GPU));
-	assert_false(vfio_node_exists(t, 14));
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
+	assert_true(fixture_driver_lists(t, "nvidia", GPU));
+	assert_false(fixture_vfio_node_exists(t, 14));
 
-	assert_string_equal(log_of(t), "override vfio-pci " GPU " ok\n"
+	assert_string_equal(fixture_log(t), "override vfio-pci " GPU " ok\n"
 				       "unbind nvidia " GPU " ok\n"
 				       "probe vfio-pci " GPU " ok\n"
 				       "unbind vfio-pci " GPU " ok\n"
@@ -366,7 +151,7 @@ static void test_libvirt_round_trip(void **state)
 /* /dev/vfio/N belongs to the group: it stays while any member is still on vfio-pci. */
 static void test_group_node_lives_while_a_member_is_bound(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	static const char *const members[][2] = { { GPU, "nvidia" },
 						  { GPU_AUDIO, "snd_hda_intel" } };
 	for (size_t i = 0; i < VG_ARRAY_SIZE(members); i++) {
@@ -376,139 +161,139 @@ static void test_group_node_lives_while_a_member_is_bound(void **state)
 		snprintf(rel, sizeof(rel), "bus/pci/drivers/%s/unbind", members[i][1]);
 		assert_int_equal(sysfs_write(t, rel, members[i][0]), 0);
 		assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", members[i][0]), 0);
-		assert_string_equal(driver_of(t, members[i][0]), "vfio-pci");
+		assert_string_equal(fixture_driver_of(t, members[i][0]), "vfio-pci");
 	}
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/unbind", GPU), 0);
-	assert_true(vfio_node_exists(t, 14));
+	assert_true(fixture_vfio_node_exists(t, 14));
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/unbind", GPU_AUDIO), 0);
-	assert_false(vfio_node_exists(t, 14));
+	assert_false(fixture_vfio_node_exists(t, 14));
 }
 
 /* ---- the kernel's refusals ------------------------------------------------------------------- */
 
 static void test_bind_of_a_bound_device_is_ebusy(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/bind", GPU), EBUSY);
-	assert_string_equal(driver_of(t, GPU), "nvidia");
-	assert_false(driver_lists(t, "vfio-pci", GPU));
-	assert_false(vfio_node_exists(t, 14));
-	assert_string_equal(log_of(t), "bind vfio-pci " GPU " EBUSY\n");
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
+	assert_false(fixture_driver_lists(t, "vfio-pci", GPU));
+	assert_false(fixture_vfio_node_exists(t, 14));
+	assert_string_equal(fixture_log(t), "bind vfio-pci " GPU " EBUSY\n");
 }
 
 static void test_bind_to_vfio_without_iommu_group_is_einval(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/bind", NIC), EINVAL);
-	assert_string_equal(driver_of(t, NIC), "");
-	assert_false(driver_lists(t, "vfio-pci", NIC));
+	assert_string_equal(fixture_driver_of(t, NIC), "");
+	assert_false(fixture_driver_lists(t, "vfio-pci", NIC));
 	/* The plain driver binds fine. */
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/e1000e/bind", NIC), 0);
-	assert_string_equal(driver_of(t, NIC), "e1000e");
+	assert_string_equal(fixture_driver_of(t, NIC), "e1000e");
 }
 
 /* As in the kernel: a failed probe during drivers_probe is only logged; the write succeeds. */
 static void test_probe_to_vfio_without_iommu_group_leaves_it_unbound(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" NIC "/driver_override", "vfio-pci"), 0);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", NIC), 0);
-	assert_string_equal(driver_of(t, NIC), "");
-	assert_non_null(strstr(log_of(t), "probe - " NIC " ok vfio-pci=EINVAL\n"));
+	assert_string_equal(fixture_driver_of(t, NIC), "");
+	assert_non_null(strstr(fixture_log(t), "probe - " NIC " ok vfio-pci=EINVAL\n"));
 }
 
 static void test_bind_against_the_override_is_enodev(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" NIC "/driver_override", "vfio-pci"), 0);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/e1000e/bind", NIC), ENODEV);
-	assert_string_equal(driver_of(t, NIC), "");
+	assert_string_equal(fixture_driver_of(t, NIC), "");
 }
 
 static void test_unbind_from_the_wrong_driver_is_enodev(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/unbind", GPU), ENODEV);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", "0000:09:00.0"), ENODEV);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", "../../x"), ENODEV);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", "0000:09:00.0"), ENODEV);
-	assert_string_equal(driver_of(t, GPU), "nvidia");
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
 }
 
 /* With an override naming a driver that is not loaded, the kernel leaves the device unbound. */
 static void test_probe_with_override_of_absent_driver_stays_unbound(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/driver_override", "nouveau"), 0);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", GPU), 0);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "");
+	assert_string_equal(fixture_driver_of(t, GPU), "");
 	/* And a probe of a bound device changes nothing. */
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers_probe", GPU_AUDIO), 0);
-	assert_string_equal(driver_of(t, GPU_AUDIO), "snd_hda_intel");
+	assert_string_equal(fixture_driver_of(t, GPU_AUDIO), "snd_hda_intel");
 }
 
 /* ---- the forms the product may use ----------------------------------------------------------- */
 
 static void test_unbind_through_the_device_driver_link(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/driver/unbind", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "");
-	assert_false(driver_lists(t, "nvidia", GPU));
-	assert_string_equal(log_of(t), "unbind nvidia " GPU " ok\n");
+	assert_string_equal(fixture_driver_of(t, GPU), "");
+	assert_false(fixture_driver_lists(t, "nvidia", GPU));
+	assert_string_equal(fixture_log(t), "unbind nvidia " GPU " ok\n");
 }
 
 static void test_override_reads_back_as_the_kernel_shows_it(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	const char *rel = "bus/pci/devices/" GPU "/driver_override";
 	assert_int_equal(sysfs_write(t, rel, "vfio-pci\n"), 0);
-	assert_string_equal(override_of(t, GPU), "vfio-pci\n");
+	assert_string_equal(fixture_override_of(t, GPU), "vfio-pci\n");
 	assert_int_equal(sysfs_write(t, rel, "nv"), 0);
-	assert_string_equal(override_of(t, GPU), "nv\n"); /* replaced, not written over */
+	assert_string_equal(fixture_override_of(t, GPU), "nv\n"); /* replaced, not written over */
 	assert_int_equal(sysfs_write(t, rel, ""), 0);
-	assert_string_equal(override_of(t, GPU), "(null)\n");
+	assert_string_equal(fixture_override_of(t, GPU), "(null)\n");
 
 	/* sysfs ignores O_TRUNC: opening for a write and closing leaves the value alone. */
 	assert_int_equal(sysfs_write(t, rel, "vfio-pci"), 0);
 	char path[PATH_MAX];
-	tree_path(t, path, "%s", rel);
+	fixture_tree_path(t, path, "%s", rel);
 	int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
 	assert_true(fd >= 0);
 	assert_int_equal(close(fd), 0);
-	assert_string_equal(override_of(t, GPU), "vfio-pci\n");
+	assert_string_equal(fixture_override_of(t, GPU), "vfio-pci\n");
 }
 
 static void test_new_id_is_logged_and_accepted(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/new_id", "10de 2330"), 0);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/vfio-pci/remove_id", "10de 2330"), 0);
-	assert_string_equal(log_of(t), "new_id vfio-pci 10de 2330 ok\n"
+	assert_string_equal(fixture_log(t), "new_id vfio-pci 10de 2330 ok\n"
 				       "remove_id vfio-pci 10de 2330 ok\n");
-	assert_string_equal(driver_of(t, GPU), "nvidia");
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
 }
 
 /* Another tree laid out the same way, but outside VG_MOCK_SYSFS_ROOT, is only a set of files. */
 static void test_paths_outside_the_root_pass_through(void **state)
 {
-	struct tree *t = *state;
-	struct tree other = { 0 };
+	struct fixture_tree *t = *state;
+	struct fixture_tree other = { 0 };
 	tree_make(&other);
 	assert_int_equal(sysfs_write(&other, "bus/pci/drivers/nvidia/unbind", GPU), 0);
 	assert_int_equal(sysfs_write(&other, "bus/pci/devices/" GPU "/driver_override", "x"), 0);
-	assert_string_equal(driver_of(&other, GPU), "nvidia");
+	assert_string_equal(fixture_driver_of(&other, GPU), "nvidia");
 	char path[PATH_MAX];
-	tree_path(&other, path, "bus/pci/drivers/nvidia/unbind");
-	assert_string_equal(file_content(path), GPU);
-	assert_string_equal(override_of(&other, GPU), "xnull)\n"); /* a plain overwrite */
+	fixture_tree_path(&other, path, "bus/pci/drivers/nvidia/unbind");
+	assert_string_equal(fixture_file_content(path), GPU);
+	assert_string_equal(fixture_override_of(&other, GPU), "xnull)\n"); /* a plain overwrite */
 	/* Non-control files inside the root pass through too. */
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/reset", "1"), 0);
-	tree_path(t, path, "bus/pci/devices/" GPU "/reset");
-	assert_string_equal(file_content(path), "1");
-	assert_string_equal(log_of(t), "");
-	nftw(other.dir, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+	fixture_tree_path(t, path, "bus/pci/devices/" GPU "/reset");
+	assert_string_equal(fixture_file_content(path), "1");
+	assert_string_equal(fixture_log(t), "");
+	fixture_tree_remove(&other);
 }
 
 /* ---- failure injection ----------------------------------------------------------------------- */
@@ -523,7 +308,7 @@ struct injection_case {
 
 static void test_each_injection_fails_and_changes_nothing(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	static const struct injection_case cases[] = {
 		{ "unbind:" GPU ":EBUSY", "bus/pci/drivers/nvidia/unbind", GPU, EBUSY,
 		  "unbind nvidia " GPU " EBUSY injected\n" },
@@ -540,40 +325,40 @@ static void test_each_injection_fails_and_changes_nothing(void **state)
 	};
 	for (size_t i = 0; i < VG_ARRAY_SIZE(cases); i++) {
 		char before[2048], after[2048];
-		snapshot(t, before, sizeof(before));
+		fixture_tree_snapshot(t, before, sizeof(before));
 		assert_true(truncate(t->log, 0) == 0 || errno == ENOENT);
 		setenv("VG_MOCK_FAIL", cases[i].spec, 1);
 		assert_int_equal(sysfs_write(t, cases[i].rel, cases[i].value), cases[i].expected);
-		snapshot(t, after, sizeof(after));
+		fixture_tree_snapshot(t, after, sizeof(after));
 		assert_string_equal(after, before);
-		assert_string_equal(log_of(t), cases[i].log);
+		assert_string_equal(fixture_log(t), cases[i].log);
 	}
 	/* An injection for another device or another step does not fire. */
 	setenv("VG_MOCK_FAIL", "unbind:" GPU_AUDIO ":EBUSY,bind:" GPU ":EIO", 1);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", GPU), 0);
-	assert_string_equal(driver_of(t, GPU), "");
+	assert_string_equal(fixture_driver_of(t, GPU), "");
 }
 
 static void test_injection_at_the_nth_call_only(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	setenv("VG_MOCK_FAIL", "unbind:" GPU ":EBUSY@2,bind:" NIC ":ENODEV@1", 1);
 	const int expected[] = { 0, EBUSY, 0, 0 };
 	for (size_t i = 0; i < VG_ARRAY_SIZE(expected); i++) {
 		assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", GPU), expected[i]);
 		if (expected[i] == 0)
 			assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/bind", GPU), 0);
-		assert_string_equal(driver_of(t, GPU), "nvidia");
+		assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
 	}
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/e1000e/bind", NIC), ENODEV);
 	assert_int_equal(sysfs_write(t, "bus/pci/drivers/e1000e/bind", NIC), 0);
-	assert_string_equal(driver_of(t, NIC), "e1000e");
+	assert_string_equal(fixture_driver_of(t, NIC), "e1000e");
 }
 
 /* The count is per tree, so a forked child's call counts as one of the N. */
 static void test_nth_call_counts_across_processes(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	setenv("VG_MOCK_FAIL", "override:" GPU ":EBUSY@2", 1);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -581,12 +366,12 @@ static void test_nth_call_counts_across_processes(void **state)
 		child_write_and_exit(t, "bus/pci/devices/" GPU "/driver_override", "a");
 	wait_for_success(pid);
 	assert_int_equal(sysfs_write(t, "bus/pci/devices/" GPU "/driver_override", "b"), EBUSY);
-	assert_string_equal(override_of(t, GPU), "a\n");
+	assert_string_equal(fixture_override_of(t, GPU), "a\n");
 }
 
 static void test_injected_hang_returns_eio_late(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	setenv("VG_MOCK_FAIL", "unbind:" GPU ":hang", 1);
 	setenv("VG_MOCK_HANG_SECONDS", "1", 1);
 	struct timespec start, end;
@@ -596,19 +381,19 @@ static void test_injected_hang_returns_eio_late(void **state)
 	double elapsed =
 		(double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9;
 	assert_true(elapsed >= 0.95 && elapsed < 10);
-	assert_string_equal(driver_of(t, GPU), "nvidia");
-	assert_string_equal(log_of(t), "unbind nvidia " GPU " EIO injected hang\n");
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
+	assert_string_equal(fixture_log(t), "unbind nvidia " GPU " EIO injected hang\n");
 }
 
 static void test_bad_injection_spec_fails_loudly(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	static const char *const bad[] = { "unbind", "unbind:01:00.0", "frobnicate:" GPU,
 					   "unbind:" GPU ":ENOTANERRNO", "unbind:" GPU "@0" };
 	for (size_t i = 0; i < VG_ARRAY_SIZE(bad); i++) {
 		setenv("VG_MOCK_FAIL", bad[i], 1);
 		assert_int_equal(sysfs_write(t, "bus/pci/drivers/nvidia/unbind", GPU), EINVAL);
-		assert_string_equal(driver_of(t, GPU), "nvidia");
+		assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
 	}
 }
 
@@ -616,17 +401,17 @@ static void test_bad_injection_spec_fails_loudly(void **state)
 
 static void test_forked_children_act_too(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0)
 		child_write_and_exit(t, "bus/pci/drivers/nvidia/unbind", GPU);
 	wait_for_success(pid);
-	assert_string_equal(driver_of(t, GPU), "");
+	assert_string_equal(fixture_driver_of(t, GPU), "");
 
 	/* An fd opened before the fork is still a control file in the child. */
 	char path[PATH_MAX];
-	tree_path(t, path, "bus/pci/drivers/nvidia/bind");
+	fixture_tree_path(t, path, "bus/pci/drivers/nvidia/bind");
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	assert_true(fd >= 0);
 	pid = fork();
@@ -635,22 +420,22 @@ static void test_forked_children_act_too(void **state)
 		_exit(write(fd, GPU, strlen(GPU)) == (ssize_t)strlen(GPU) ? 0 : 1);
 	wait_for_success(pid);
 	assert_int_equal(close(fd), 0);
-	assert_string_equal(driver_of(t, GPU), "nvidia");
-	assert_string_equal(log_of(t), "unbind nvidia " GPU " ok\nbind nvidia " GPU " ok\n");
+	assert_string_equal(fixture_driver_of(t, GPU), "nvidia");
+	assert_string_equal(fixture_log(t), "unbind nvidia " GPU " ok\nbind nvidia " GPU " ok\n");
 }
 
 /* A second write on the same open fd is a second store, as in sysfs. */
 static void test_each_write_on_one_fd_acts(void **state)
 {
-	struct tree *t = *state;
+	struct fixture_tree *t = *state;
 	char path[PATH_MAX];
-	tree_path(t, path, "bus/pci/drivers/nvidia/unbind");
+	fixture_tree_path(t, path, "bus/pci/drivers/nvidia/unbind");
 	cleanup_close int fd = open(path, O_WRONLY | O_CLOEXEC);
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, GPU "\n", strlen(GPU) + 1), (ssize_t)strlen(GPU) + 1);
 	assert_int_equal(write(fd, GPU, strlen(GPU)), -1);
 	assert_int_equal(errno, ENODEV);
-	assert_string_equal(driver_of(t, GPU), "");
+	assert_string_equal(fixture_driver_of(t, GPU), "");
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
