@@ -9,3 +9,5 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 /usr/bin/python3 tests/fixtures/build_fixtures.py "$tmp" hgx8 >/dev/null
 build-release/tests/bench/bench_discovery "$tmp/hgx8" "${1:-500}"
+cmake --build build-release -j"$(nproc)" --target vmgpu-shim >/dev/null
+/usr/bin/python3 tests/bench/bench_shim.py build-release "${2:-5}"

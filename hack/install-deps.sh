@@ -3,9 +3,13 @@
 # Usage: hack/install-deps.sh [build|test|demo]...   (default: everything)
 set -euo pipefail
 
-build_pkgs=(build-essential cmake pkg-config libpci-dev pci.ids libjson-c-dev libyaml-dev)
-test_pkgs=(libcmocka-dev python3 pciutils valgrind)
-demo_pkgs=(pciutils qemu-system-x86 kmod)
+build_pkgs=(build-essential cmake pkg-config libpci-dev pci.ids libjson-c-dev libyaml-dev
+  libnl-3-dev libnl-route-3-dev)
+# Tests boot real guests under TCG in network namespaces and build the test guest from
+# Debian's kernel and busybox (hack/build-test-guest.sh installs its own few extras).
+test_pkgs=(libcmocka-dev python3 pciutils valgrind qemu-system-x86 qemu-system-arm iproute2
+  iputils-ping nftables kmod cpio)
+demo_pkgs=(pciutils qemu-system-x86 kmod iproute2 iputils-ping nftables cpio)
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(build test demo)

@@ -252,6 +252,7 @@ static void handle_ready_line(struct shim *shim, const char *line)
 		len += (size_t)snprintf(shim->status.guest_pci + len,
 					sizeof(shim->status.guest_pci) - len, "%s%04x:%04x",
 					i ? "," : "", report.pci[i] >> 16, report.pci[i] & 0xffff);
+	snprintf(shim->status.guest_net, sizeof(shim->status.guest_net), "%s", report.net);
 	if (vg_ready_check_gpus(&report, &shim->spec, &err) < 0) {
 		fail(shim, err->msg);
 		begin_teardown(shim);
@@ -399,9 +400,14 @@ static void unwind(struct shim *shim, struct vg_error **first)
 	shim->nat_added = false;
 	vg_tap_close(&shim->tap);
 	if (shim->vfio != NULL) {
+		char journal[PATH_MAX];
 		if (vg_vfio_guard_release(shim->vfio, &tmp_err) < 0) {
+			/* The journal stays: the agent replays it when it sees this sandbox end. */
 			vg_err("sandbox %s: %s", shim->spec.id, tmp_err->msg);
 			vg_error_keep_first(first, TAKE_PTR(tmp_err));
+		} else if (vg_sandbox_file(&shim->paths, "bind-journal.json", journal,
+					   sizeof(journal), NULL) == 0) {
+			unlink(journal);
 		}
 		vg_vfio_guard_free(shim->vfio);
 		shim->vfio = NULL;

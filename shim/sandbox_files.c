@@ -96,6 +96,7 @@ int vg_status_write(const struct vg_sandbox_paths *paths, const char *id,
 	json_object_object_add(obj, "qemu_pid", json_object_new_int(status->qemu_pid));
 	json_object_object_add(obj, "tap", json_object_new_string(status->tap));
 	json_object_object_add(obj, "guest_pci", json_object_new_string(status->guest_pci));
+	json_object_object_add(obj, "guest_net", json_object_new_string(status->guest_net));
 	add_time(obj, "created_at", status->created_ns);
 	add_time(obj, "qemu_started_at", status->qemu_exec_ns);
 	add_time(obj, "ready_at", status->ready_ns);

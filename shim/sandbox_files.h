@@ -27,6 +27,7 @@ struct vg_sandbox_status {
 	int64_t qemu_exec_ns; /* when QEMU's exec succeeded */
 	int64_t ready_ns;
 	char guest_pci[VG_SPEC_MAX_GPUS * 2 * 10 + 64]; /* from the ready line */
+	char guest_net[8]; /* ok, fail or none: whether the guest reached the host */
 };
 
 struct vg_exit_record {
