@@ -10,6 +10,7 @@ Environment knobs for tests:
   FAKE_QEMU_HIDE=BDF[,BDF]   leave these devices out of the ready line (a GPU the guest lost)
   FAKE_QEMU_READY_DELAY=S    seconds before the ready line
   FAKE_QEMU_IGNORE_POWERDOWN=1  ignore system_powerdown, so the shim has to quit or kill
+  FAKE_QEMU_IGNORE_QUIT=1    ignore quit as well (a wedged QEMU), so only SIGKILL ends it
   FAKE_QEMU_EXIT_AT_START=N  exit with code N right after start (a QEMU that refuses options)
 """
 import json
@@ -84,6 +85,7 @@ def main(argv):
     ready_line = f"VMGPU-READY id={sandbox_id} pci={','.join(['1af4:1043'] + ids)} net=none\n"
     ready_delay = float(os.environ.get("FAKE_QEMU_READY_DELAY", "0.2"))
     ignore_powerdown = os.environ.get("FAKE_QEMU_IGNORE_POWERDOWN") == "1"
+    ignore_quit = os.environ.get("FAKE_QEMU_IGNORE_QUIT") == "1"
 
     qmp_server = listen_unix(qmp_path)
     ready_server = listen_unix(ready_path)
@@ -116,7 +118,7 @@ def main(argv):
                 for line in data.decode().splitlines():
                     command = json.loads(line).get("execute")
                     sock.sendall(b'{"return": {}}\r\n')
-                    if command == "quit":
+                    if command == "quit" and not ignore_quit:
                         return 0
                     if command == "system_powerdown" and not ignore_powerdown:
                         sock.sendall(b'{"event": "POWERDOWN"}\r\n')

@@ -58,7 +58,7 @@ class ShimWithFakeGpus(unittest.TestCase):
     def sandbox(self, sandbox_id, root, gpus):
         spec = {"arch": "x86_64", "accel": "tcg", "qemu_binary": FAKE_QEMU,
                 "kernel": "/boot/none", "sysfs_root": root, "dev_root": self.dev,
-                "gpus": gpus, "ready_timeout_s": 20, "stop_timeout_s": 5}
+                "gpus": gpus, "ready_timeout_s": 20, "stop_timeout_s": 2}
         sandbox = Sandbox(self.tmp, sandbox_id, spec)
         self.sandboxes.append(sandbox)
         return sandbox
@@ -120,6 +120,30 @@ class ShimWithFakeGpus(unittest.TestCase):
         self.assertEqual(sandbox.status()["reason"], "qemu exited (signal 9)")
         self.assertTrue(wait_for(lambda: not pid_alive(status["shim_pid"]), 10))
         self.assert_restored(root, before, sandbox)
+
+    def stop_escalation(self, sandbox_id, **env):
+        root = os.path.join(self.fixtures, "workstation")
+        before = snapshot(root)
+        sandbox = self.sandbox(sandbox_id, root, self.workstation_gpu())
+        sandbox.start(env=self.env(root, **env))
+        status = sandbox.wait_state(("ready",), 30)
+        self.assertTrue(status)
+        os.kill(status["shim_pid"], signal.SIGTERM)
+        self.assertTrue(wait_for(sandbox.exit_record, 30))
+        self.assertEqual(sandbox.status()["state"], "exited")
+        self.assertFalse(pid_alive(status["qemu_pid"]))
+        self.assert_restored(root, before, sandbox)
+        return sandbox.exit_record()
+
+    def test_a_guest_that_ignores_powerdown_gets_quit(self):
+        record = self.stop_escalation("gpu-deaf", FAKE_QEMU_IGNORE_POWERDOWN="1")
+        self.assertEqual((record["exit_code"], record["signal"]), (0, 0))
+
+    def test_a_qemu_that_ignores_quit_gets_sigkill(self):
+        record = self.stop_escalation("gpu-wedged", FAKE_QEMU_IGNORE_POWERDOWN="1",
+                                      FAKE_QEMU_IGNORE_QUIT="1")
+        self.assertEqual(record["signal"], 9)
+        self.assertEqual(record["reason"], "stopped")
 
     def test_a_group_shared_with_a_host_nic_is_refused_and_nothing_changes(self):
         root = os.path.join(self.fixtures, "shared-nic")
