@@ -166,6 +166,27 @@ static int create_tap(struct shim *shim, struct vg_error **err)
 	return 0;
 }
 
+/* QEMU as its own uid needs its sandbox directory and its VFIO group nodes, nothing more. */
+static int prepare_unprivileged_qemu(struct shim *shim, struct vg_error **err)
+{
+	if (shim->spec.qemu_uid < 0)
+		return 0;
+	uid_t uid = (uid_t)shim->spec.qemu_uid;
+	gid_t gid = (gid_t)shim->spec.qemu_gid;
+	if (chown(shim->paths.dir, uid, gid) < 0)
+		return vg_error_set_errno(err, errno, "hand %s to uid %u", shim->paths.dir, uid);
+	for (size_t g = 0; g < shim->spec.n_gpus; g++) {
+		int group = shim->spec.gpus[g].iommu_group;
+		char node[PATH_MAX + 32];
+		if (group < 0)
+			continue;
+		snprintf(node, sizeof(node), "%s/vfio/%d", shim->spec.dev_root, group);
+		if (chown(node, uid, gid) < 0)
+			return vg_error_set_errno(err, errno, "hand %s to uid %u", node, uid);
+	}
+	return 0;
+}
+
 static int start_qemu(struct shim *shim, struct vg_error **err)
 {
 	cleanup_argv struct vg_argv argv = { 0 };
@@ -179,7 +200,19 @@ static int start_qemu(struct shim *shim, struct vg_error **err)
 	ret = vg_sandbox_file(&shim->paths, "qemu.log", log_path, sizeof(log_path), err);
 	if (ret < 0)
 		return ret;
-	struct vg_qemu_launch launch = { argv.argv, shim->tap.fd, log_path };
+	ret = prepare_unprivileged_qemu(shim, err);
+	if (ret < 0)
+		return ret;
+	uint64_t memlock = 0;
+	if (shim->spec.n_gpus > 0) {
+		/* VFIO pins all guest RAM; BARs are mapped too. A little slack for QEMU itself. */
+		memlock = shim->spec.memory_mib << 20;
+		for (size_t g = 0; g < shim->spec.n_gpus; g++)
+			memlock += shim->spec.gpus[g].bar_bytes;
+		memlock += 64u << 20;
+	}
+	struct vg_qemu_launch launch = { argv.argv, shim->tap.fd, log_path, shim->spec.qemu_uid,
+					 shim->spec.qemu_gid, memlock };
 	ret = vg_qemu_spawn(&launch, &shim->qemu_pid, err);
 	if (ret < 0)
 		return ret;
@@ -399,6 +432,16 @@ static void unwind(struct shim *shim, struct vg_error **first)
 	}
 	shim->nat_added = false;
 	vg_tap_close(&shim->tap);
+	/* A group node that outlives the release (its device was on vfio-pci before us) goes
+	 * back to root, as we found it. */
+	for (size_t g = 0; shim->spec.qemu_uid >= 0 && g < shim->spec.n_gpus; g++) {
+		char node[PATH_MAX + 32];
+		snprintf(node, sizeof(node), "%s/vfio/%d", shim->spec.dev_root,
+			 shim->spec.gpus[g].iommu_group);
+		if (shim->spec.gpus[g].iommu_group >= 0 && chown(node, 0, 0) < 0 && errno != ENOENT)
+			vg_warn("sandbox %s: give %s back to root: %s", shim->spec.id, node,
+				strerror(errno));
+	}
 	if (shim->vfio != NULL) {
 		char journal[PATH_MAX];
 		if (vg_vfio_guard_release(shim->vfio, &tmp_err) < 0) {

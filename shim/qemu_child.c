@@ -7,7 +7,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,7 +35,16 @@ static void __attribute__((noreturn)) child_fail(int report_fd, const char *step
 static void __attribute__((noreturn)) run_child(const struct vg_qemu_launch *launch,
 						 pid_t parent, int report_fd)
 {
-	/* QEMU must not outlive the shim, whatever kills the shim. */
+	if (launch->memlock_bytes > 0) {
+		struct rlimit limit = { launch->memlock_bytes, launch->memlock_bytes };
+		if (setrlimit(RLIMIT_MEMLOCK, &limit) < 0)
+			child_fail(report_fd, "raise RLIMIT_MEMLOCK for VFIO");
+	}
+	if (launch->gid >= 0 && (setgroups(0, NULL) < 0 || setgid((gid_t)launch->gid) < 0))
+		child_fail(report_fd, "drop to the sandbox's gid");
+	if (launch->uid >= 0 && setuid((uid_t)launch->uid) < 0)
+		child_fail(report_fd, "drop to the sandbox's uid");
+	/* After the credential change, which clears it: QEMU must not outlive the shim. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
 		child_fail(report_fd, "set PR_SET_PDEATHSIG");
 	if (getppid() != parent)

@@ -255,6 +255,27 @@ static int parse_modules(json_object *obj, struct vg_sandbox_spec *spec, struct 
 	return 0;
 }
 
+static int parse_qemu_user(json_object *obj, struct vg_sandbox_spec *spec, struct vg_error **err)
+{
+	struct spec_reader r = { obj, ".qemu_user", err };
+	static const char *const keys[] = { "uid", "gid", NULL };
+	if (!json_object_is_type(obj, json_type_object))
+		return vg_error_set(err, EINVAL, "spec.qemu_user: must be an object with uid and gid");
+	uint64_t uid = UINT64_MAX, gid = UINT64_MAX;
+	int ret = check_keys(&r, keys);
+	if (ret == 0)
+		ret = read_uint(&r, "uid", 1, 0xfffffffe, &uid);
+	if (ret == 0)
+		ret = read_uint(&r, "gid", 1, 0xfffffffe, &gid);
+	if (ret == 0 && (uid == UINT64_MAX || gid == UINT64_MAX))
+		ret = bad(&r, "uid", "uid and gid are both required (and never 0: that is root)");
+	if (ret < 0)
+		return ret;
+	spec->qemu_uid = (int64_t)uid;
+	spec->qemu_gid = (int64_t)gid;
+	return 0;
+}
+
 static int parse_enums(struct spec_reader *r, struct vg_sandbox_spec *spec)
 {
 	char arch[16] = "", accel[16] = "", gic[8] = "";
@@ -297,6 +318,8 @@ static void spec_defaults(struct vg_sandbox_spec *spec)
 	spec->memory_mib = 512;
 	strcpy(spec->sysfs_root, "/sys");
 	strcpy(spec->dev_root, "/dev");
+	spec->qemu_uid = -1;
+	spec->qemu_gid = -1;
 	spec->ready_timeout_s = 120;
 	spec->stop_timeout_s = 10;
 }
@@ -320,7 +343,7 @@ int vg_spec_parse_json(const char *text, struct vg_sandbox_spec *spec, struct vg
 		"id",	     "arch",	    "accel",	  "gic_version",     "vcpus",
 		"memory_mib", "hugepages",  "prealloc",	  "qemu_binary",     "kernel",
 		"initrd",    "cmdline",	    "modules",	  "gpus",	     "network",
-		"sysfs_root", "dev_root", "ready_timeout_s", "stop_timeout_s", NULL,
+		"sysfs_root", "dev_root", "ready_timeout_s", "stop_timeout_s", "qemu_user", NULL,
 	};
 	uint64_t vcpus = spec->vcpus, ready = spec->ready_timeout_s, stop = spec->stop_timeout_s;
 	json_object *v;
@@ -360,6 +383,8 @@ int vg_spec_parse_json(const char *text, struct vg_sandbox_spec *spec, struct vg
 		ret = read_uint(&r, "ready_timeout_s", 1, 3600, &ready);
 	if (ret == 0)
 		ret = read_uint(&r, "stop_timeout_s", 1, 600, &stop);
+	if (ret == 0 && json_object_object_get_ex(root, "qemu_user", &v))
+		ret = parse_qemu_user(v, spec, err);
 	if (ret == 0 && json_object_object_get_ex(root, "modules", &v))
 		ret = parse_modules(v, spec, err);
 	if (ret == 0 && json_object_object_get_ex(root, "network", &v))

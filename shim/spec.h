@@ -48,6 +48,9 @@ struct vg_sandbox_spec {
 	bool hugepages;
 	bool prealloc;
 	char qemu_binary[PATH_MAX];
+	/* QEMU runs as this uid/gid (both -1: as the shim, root, which is only a stopgap). */
+	int64_t qemu_uid;
+	int64_t qemu_gid;
 	char kernel[PATH_MAX];
 	char initrd[PATH_MAX];
 	char cmdline_extra[512];

@@ -134,6 +134,20 @@ class ShimWithRealQemu(unittest.TestCase):
         self.stop(sandbox)
         self.assert_nothing_left(sandbox, status)
 
+    def test_qemu_runs_as_the_sandbox_user(self):
+        os.chmod(self.tmp, 0o711)  # QEMU as nobody must reach its sandbox directory
+        sandbox = self.sandbox("unprivileged", qemu_user={"uid": 65534, "gid": 65534})
+        sandbox.start(self.netns)
+        status = self.assert_ready(sandbox)
+        with open(f"/proc/{status['qemu_pid']}/status") as f:
+            ids = {line.split(":")[0]: line.split()[1:] for line in f if ":" in line}
+        self.assertEqual(ids["Uid"], ["65534"] * 4)
+        self.assertEqual(ids["Gid"], ["65534"] * 4)
+        self.assertEqual(ids["Groups"], [])
+        self.stop(sandbox)
+        self.assertEqual(sandbox.exit_record()["reason"], "stopped")
+        self.assert_nothing_left(sandbox, status)
+
     def test_nat_table_lives_and_dies_with_the_sandbox(self):
         sandbox = self.sandbox("nat", network={"host_cidr": "10.88.0.1/30",
                                                "guest_addr": "10.88.0.2", "nat": True})
