@@ -1,6 +1,8 @@
 #include "lib/config.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <yaml.h>
@@ -9,15 +11,21 @@
 #include "lib/cleanup.h"
 #include "lib/error.h"
 
-enum key_kind { KEY_PATH, KEY_BOOL, KEY_LOG_FORMAT, KEY_LOG_LEVEL, KEY_FILTER };
+enum key_kind { KEY_PATH, KEY_BOOL, KEY_LOG_FORMAT, KEY_LOG_LEVEL, KEY_FILTER, KEY_INT, KEY_WORD };
 
 struct key_spec {
 	const char *name;
 	enum key_kind kind;
 	size_t offset;
+	size_t size; /* strings: the buffer size */
+	long long min, max; /* integers */
+	const char *words; /* KEY_WORD: the allowed values, space separated */
 };
 
-#define PATH_KEY(field) { #field, KEY_PATH, offsetof(struct vg_config, field) }
+#define PATH_KEY(field)                                                                            \
+	{ #field, KEY_PATH, offsetof(struct vg_config, field),                                     \
+	  sizeof(((struct vg_config *)0)->field), 0, 0, NULL }
+#define INT_KEY(field, lo, hi) { #field, KEY_INT, offsetof(struct vg_config, field), 0, lo, hi, NULL }
 
 static const struct key_spec top_keys[] = {
 	PATH_KEY(sysfs_root),
@@ -26,10 +34,25 @@ static const struct key_spec top_keys[] = {
 	PATH_KEY(modules_dir),
 	PATH_KEY(pci_ids),
 	PATH_KEY(qemu_binary),
-	{ "allow_boot_vga", KEY_BOOL, offsetof(struct vg_config, allow_boot_vga) },
-	{ "gpu_filter", KEY_FILTER, offsetof(struct vg_config, filter) },
-	{ "log_format", KEY_LOG_FORMAT, offsetof(struct vg_config, log_format) },
-	{ "log_level", KEY_LOG_LEVEL, offsetof(struct vg_config, log_level) },
+	PATH_KEY(socket),
+	PATH_KEY(state_dir),
+	PATH_KEY(shim_binary),
+	PATH_KEY(guest_kernel),
+	PATH_KEY(guest_initrd),
+	{ "accel", KEY_WORD, offsetof(struct vg_config, accel), sizeof(((struct vg_config *)0)->accel),
+	  0, 0, "auto kvm tcg" },
+	{ "network_pool", KEY_WORD, offsetof(struct vg_config, network_pool),
+	  sizeof(((struct vg_config *)0)->network_pool), 0, 0, NULL },
+	INT_KEY(default_vcpus, 1, 256),
+	INT_KEY(default_memory_mib, 64, 4194304),
+	INT_KEY(qemu_uid, -1, 4294967294LL),
+	INT_KEY(qemu_gid, -1, 4294967294LL),
+	INT_KEY(health_interval_s, 1, 3600),
+	INT_KEY(ready_timeout_s, 1, 3600),
+	{ "allow_boot_vga", KEY_BOOL, offsetof(struct vg_config, allow_boot_vga), 0, 0, 0, NULL },
+	{ "gpu_filter", KEY_FILTER, offsetof(struct vg_config, filter), 0, 0, 0, NULL },
+	{ "log_format", KEY_LOG_FORMAT, offsetof(struct vg_config, log_format), 0, 0, 0, NULL },
+	{ "log_level", KEY_LOG_LEVEL, offsetof(struct vg_config, log_level), 0, 0, 0, NULL },
 };
 
 typedef int (*filter_add_fn)(struct vg_gpu_filter *, const char *, struct vg_error **);
@@ -68,12 +91,12 @@ static const char *scalar_text(const yaml_node_t *node)
 }
 
 static int parse_path(struct parse_ctx *ctx, const char *key, yaml_node_t *value, char *out,
-		      struct vg_error **err)
+		      size_t size, struct vg_error **err)
 {
 	const char *text = scalar_text(value);
 	if (text == NULL)
 		return fail_at(ctx, value, err, "expected a path string", key, NULL);
-	if (strlen(text) >= PATH_MAX)
+	if (strlen(text) >= size)
 		return fail_at(ctx, value, err, "path is too long", key, NULL);
 	if (text[0] != '\0' && text[0] != '/' && strchr(text, '/') != NULL)
 		return fail_at(ctx, value, err, "must be an absolute path", key, NULL);
@@ -91,6 +114,45 @@ static int parse_bool(struct parse_ctx *ctx, const char *key, yaml_node_t *value
 		*out = false;
 	else
 		return fail_at(ctx, value, err, "expected true or false", key, NULL);
+	return 0;
+}
+
+static int parse_int(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
+		     long long *out, struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	char *end = NULL;
+	errno = 0;
+	long long v = text ? strtoll(text, &end, 10) : 0;
+	if (text == NULL || text[0] == '\0' || *end != '\0' || errno != 0)
+		return fail_at(ctx, value, err, "expected an integer", spec->name, NULL);
+	if (v < spec->min || v > spec->max) {
+		char range[96];
+		snprintf(range, sizeof(range), "must be between %lld and %lld", spec->min, spec->max);
+		return fail_at(ctx, value, err, NULL, spec->name, range);
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_word(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
+		      char *out, struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	if (text == NULL || text[0] == '\0' || strlen(text) >= spec->size)
+		return fail_at(ctx, value, err, "expected a short string", spec->name, NULL);
+	if (spec->words != NULL) {
+		bool allowed = false;
+		size_t len = strlen(text);
+		for (const char *w = spec->words; *w && !allowed; w += strcspn(w, " "), w += *w == ' ')
+			allowed = strncmp(w, text, len) == 0 && (w[len] == ' ' || w[len] == '\0');
+		if (!allowed) {
+			char msg[128];
+			snprintf(msg, sizeof(msg), "'%s' is not one of: %s", text, spec->words);
+			return fail_at(ctx, value, err, NULL, spec->name, msg);
+		}
+	}
+	strcpy(out, text);
 	return 0;
 }
 
@@ -156,7 +218,11 @@ static int apply_key(struct parse_ctx *ctx, const struct key_spec *spec, yaml_no
 	void *field = (char *)ctx->config + spec->offset;
 	switch (spec->kind) {
 	case KEY_PATH:
-		return parse_path(ctx, spec->name, value, field, err);
+		return parse_path(ctx, spec->name, value, field, spec->size, err);
+	case KEY_INT:
+		return parse_int(ctx, spec, value, field, err);
+	case KEY_WORD:
+		return parse_word(ctx, spec, value, field, err);
 	case KEY_BOOL:
 		return parse_bool(ctx, spec->name, value, field, err);
 	case KEY_FILTER:
@@ -204,6 +270,16 @@ void vg_config_defaults(struct vg_config *config)
 	strcpy(config->dev_root, "/dev");
 	strcpy(config->proc_root, "/proc");
 	vg_gpu_filter_default(&config->filter);
+	strcpy(config->socket, "/run/vmgpu/vmgpu.sock");
+	strcpy(config->state_dir, "/var/lib/vmgpu");
+	strcpy(config->accel, "auto");
+	strcpy(config->network_pool, "10.88.0.0/16");
+	config->default_vcpus = 2;
+	config->default_memory_mib = 1024;
+	config->qemu_uid = -1;
+	config->qemu_gid = -1;
+	config->health_interval_s = 5;
+	config->ready_timeout_s = 120;
 	config->log_format = VG_LOG_TEXT;
 	config->log_level = VG_LOG_INFO;
 }

@@ -22,6 +22,20 @@ struct vg_config {
 	char qemu_binary[PATH_MAX]; /* "": qemu-system-<host arch> */
 	bool allow_boot_vga;
 	struct vg_gpu_filter filter;
+	/* The agent's API, its state and its sandboxes. */
+	char socket[108]; /* sun_path */
+	char state_dir[PATH_MAX];
+	char shim_binary[PATH_MAX]; /* "": next to vmgpu-agent, or ../libexec/vmgpu */
+	char guest_kernel[PATH_MAX]; /* used when a request names no vmgpu.io/kernel */
+	char guest_initrd[PATH_MAX];
+	char accel[8]; /* auto, kvm or tcg */
+	char network_pool[32]; /* IPv4 CIDR carved into one /30 per sandbox */
+	long long default_vcpus;
+	long long default_memory_mib;
+	long long qemu_uid; /* -1: QEMU runs as root (a stopgap) */
+	long long qemu_gid;
+	long long health_interval_s;
+	long long ready_timeout_s;
 	enum vg_log_format log_format;
 	enum vg_log_level log_level;
 };

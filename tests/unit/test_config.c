@@ -40,6 +40,8 @@ static void reads_every_key(void **state)
 					     "  bdfs: [\"0000:00:03.0\"]\n");
 	assert_null(err);
 	assert_string_equal(config.sysfs_root, "/tmp/fixture");
+	assert_string_equal(config.socket, "/run/vmgpu/vmgpu.sock");
+	assert_int_equal(config.default_vcpus, 2);
 	assert_true(config.allow_boot_vga);
 	assert_int_equal(config.log_format, VG_LOG_JSON);
 	assert_int_equal(config.filter.n_vendors, 0);
@@ -76,6 +78,12 @@ static void errors_name_the_key_and_line(void **state)
 	assert_error("sysfs_root: relative/path\n", "must be an absolute path");
 	assert_error("- a\n- b\n", "the config must be a mapping");
 	assert_error("a: [\n", "invalid YAML");
+	assert_error("default_vcpus: 0\n", "config.yaml:1: default_vcpus: must be between 1 and 256");
+	assert_error("default_vcpus: two\n", "config.yaml:1: default_vcpus: expected an integer");
+	assert_error("accel: fast\n", "config.yaml:1: accel: 'fast' is not one of: auto kvm tcg");
+	assert_error("socket: /run/this/path/is/much/too/long/for/a/unix/socket/because/sun_path/"
+		     "holds/only/one/hundred/and/eight/bytes.sock\n",
+		     "config.yaml:1: socket: path is too long");
 }
 
 int main(void)
