@@ -1,0 +1,164 @@
+#include "agent/device_table.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/cleanup.h"
+#include "lib/config.h"
+#include "lib/error.h"
+#include "lib/gpu_state.h"
+#include "lib/sysfs.h"
+
+const char *vg_device_table_state(const struct vg_device_table *table, size_t pos)
+{
+	const struct vg_gpu *gpu = &table->scan.inventory->gpus[pos];
+	if (gpu->state == VG_GPU_AVAILABLE && table->owner[pos][0] != '\0')
+		return "allocated";
+	return vg_gpu_state_name(gpu->state);
+}
+
+static uint64_t mix(uint64_t hash, const char *text)
+{
+	/* FNV-1a over every visible field: a cheap way to notice "something changed". */
+	for (const char *p = text; *p; p++) {
+		hash ^= (unsigned char)*p;
+		hash *= 1099511628211ull;
+	}
+	return hash ^ 0xff;
+}
+
+bool vg_device_table_refresh(struct vg_device_table *table)
+{
+	const struct vg_inventory *inv = table->scan.inventory;
+	uint64_t hash = 1469598103934665603ull;
+	for (size_t i = 0; i < inv->n_gpus; i++) {
+		const struct vg_gpu *gpu = &inv->gpus[i];
+		struct vg_alloc_device *v = &table->view[i];
+		v->bdf = gpu->fn.bdf;
+		v->index = gpu->index;
+		v->numa_node = gpu->numa_node;
+		v->pcie_root = gpu->pcie_root;
+		v->name = gpu->name;
+		v->vendor_id = gpu->fn.vendor_id;
+		v->device_id = gpu->fn.device_id;
+		v->free = gpu->state == VG_GPU_AVAILABLE && table->owner[i][0] == '\0';
+		if (v->free) {
+			v->why_not_free = NULL;
+		} else {
+			if (table->owner[i][0] != '\0')
+				snprintf(table->why[i], sizeof(table->why[i]),
+					 "allocated to sandbox %s", table->owner[i]);
+			else
+				snprintf(table->why[i], sizeof(table->why[i]), "%s: %s",
+					 vg_gpu_state_name(gpu->state),
+					 gpu->n_reasons ? gpu->reasons[0] : "no reason recorded");
+			v->why_not_free = table->why[i];
+		}
+		hash = mix(hash, gpu->fn.bdf);
+		hash = mix(hash, vg_device_table_state(table, i));
+		hash = mix(hash, gpu->n_reasons ? gpu->reasons[0] : "");
+		hash = mix(hash, table->owner[i]);
+		hash = mix(hash, gpu->fn.driver);
+	}
+	if (hash == table->fingerprint && table->generation > 0)
+		return false;
+	table->fingerprint = hash;
+	table->generation++;
+	return true;
+}
+
+int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *config,
+			 bool with_host_checks, struct vg_error **err)
+{
+	struct vg_node_scan scan;
+	int ret;
+	if (with_host_checks || table->scan.inventory == NULL) {
+		ret = vg_node_scan_run(config, &scan, err);
+	} else {
+		/* A health rescan: the host checks (QEMU --version and all) keep their last result. */
+		scan.host = table->scan.host;
+		scan.inventory = NULL;
+		struct vg_sysfs sysfs;
+		cleanup_pci_scanner struct vg_pci_scanner *scanner = NULL;
+		ret = vg_sysfs_init(&sysfs, config->sysfs_root, err);
+		if (ret == 0)
+			ret = vg_pci_scanner_new(&sysfs, config->pci_ids[0] ? config->pci_ids : NULL,
+						 &scanner, err);
+		if (ret == 0)
+			ret = vg_inventory_scan(scanner, &config->filter, &scan.inventory, err);
+		if (ret == 0) {
+			struct vg_gpu_policy policy = {
+				.allow_boot_vga = config->allow_boot_vga,
+				.vfio_pci_usable = scan.host.vfio_pci_usable,
+				.vfio_pci_problem = scan.host.vfio_pci_problem,
+			};
+			vg_inventory_classify(scan.inventory, &policy);
+		}
+	}
+	if (ret < 0) {
+		vg_node_scan_clear(&scan);
+		return ret;
+	}
+	size_t n = scan.inventory->n_gpus;
+	char(*owner)[VG_OWNER_MAX] = calloc(n ? n : 1, sizeof(*owner));
+	struct vg_alloc_device *view = calloc(n ? n : 1, sizeof(*view));
+	char(*why)[320] = calloc(n ? n : 1, sizeof(*why));
+	if (owner == NULL || view == NULL || why == NULL) {
+		free(owner);
+		free(view);
+		free(why);
+		vg_node_scan_clear(&scan);
+		return vg_error_set(err, ENOMEM, "out of memory");
+	}
+	/* Ownership follows the BDF across rescans: indexes may move when a GPU vanishes. */
+	for (size_t i = 0; i < n; i++) {
+		int old = table->scan.inventory
+				  ? vg_device_table_find(table, scan.inventory->gpus[i].fn.bdf)
+				  : -1;
+		if (old >= 0)
+			memcpy(owner[i], table->owner[old], VG_OWNER_MAX);
+	}
+	vg_node_scan_clear(&table->scan);
+	free(table->owner);
+	free(table->view);
+	free(table->why);
+	table->scan = scan;
+	table->owner = owner;
+	table->view = view;
+	table->why = why;
+	vg_device_table_refresh(table);
+	return 0;
+}
+
+void vg_device_table_clear(struct vg_device_table *table)
+{
+	vg_node_scan_clear(&table->scan);
+	free(table->owner);
+	free(table->view);
+	free(table->why);
+	memset(table, 0, sizeof(*table));
+}
+
+int vg_device_table_find(const struct vg_device_table *table, const char *bdf)
+{
+	const struct vg_inventory *inv = table->scan.inventory;
+	for (size_t i = 0; inv && i < inv->n_gpus; i++)
+		if (strcasecmp(inv->gpus[i].fn.bdf, bdf) == 0)
+			return (int)i;
+	return -1;
+}
+
+void vg_device_table_set_owner(struct vg_device_table *table, size_t pos, const char *sandbox_id)
+{
+	snprintf(table->owner[pos], VG_OWNER_MAX, "%s", sandbox_id ? sandbox_id : "");
+}
+
+void vg_device_table_release(struct vg_device_table *table, const char *sandbox_id)
+{
+	const struct vg_inventory *inv = table->scan.inventory;
+	for (size_t i = 0; inv && i < inv->n_gpus; i++)
+		if (strcmp(table->owner[i], sandbox_id) == 0)
+			table->owner[i][0] = '\0';
+}

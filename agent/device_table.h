@@ -1,0 +1,39 @@
+/* The node's GPUs as the agent serves them: the last inventory scan, plus who holds each GPU. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent/allocator.h"
+#include "lib/node_scan.h"
+
+struct vg_config;
+struct vg_error;
+
+#define VG_OWNER_MAX 65
+
+struct vg_device_table {
+	struct vg_node_scan scan; /* host checks and the inventory with states and reasons */
+	char (*owner)[VG_OWNER_MAX]; /* per GPU: the sandbox holding it, "" when none */
+	uint64_t generation; /* bumped whenever anything a client sees changes */
+	uint64_t fingerprint;
+	/* For the allocator: a view per GPU, and the text of why each one is not free. */
+	struct vg_alloc_device *view;
+	char (*why)[320];
+};
+
+/* Scans the node (host checks included); owners of GPUs that are still there are kept. */
+int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *config,
+			 bool with_host_checks, struct vg_error **err);
+void vg_device_table_clear(struct vg_device_table *table);
+/* Position of the GPU with this BDF, or -1. */
+int vg_device_table_find(const struct vg_device_table *table, const char *bdf);
+void vg_device_table_set_owner(struct vg_device_table *table, size_t pos, const char *sandbox_id);
+/* Frees every GPU held by this sandbox. */
+void vg_device_table_release(struct vg_device_table *table, const char *sandbox_id);
+/* The state a client sees: "allocated" while a sandbox holds an otherwise available GPU. */
+const char *vg_device_table_state(const struct vg_device_table *table, size_t pos);
+/* Rebuilds the allocator's view and bumps the generation if anything visible changed.
+ * Returns true when it did. */
+bool vg_device_table_refresh(struct vg_device_table *table);
