@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "agent/daemon.h"
 #include "lib/cleanup.h"
 #include "lib/config.h"
 #include "lib/error.h"
@@ -11,20 +12,35 @@
 #include "lib/node_scan.h"
 
 static const char usage[] =
-	"Usage: vmgpu-agent [--config FILE] [--sysfs-root DIR] [--log-format text|json]\n"
-	"                   --list-gpus [-o json|table]\n"
+	"Usage: vmgpu-agent [--config FILE] [--socket PATH] [--state-dir DIR] [--sysfs-root DIR]\n"
+	"                   [--log-format text|json] [--list-gpus [-o json|table]]\n"
 	"\n"
-	"  --list-gpus        print the GPU inventory this agent advertises, then exit\n"
+	"Serves the CRI-like sandbox API and the Inventory API on a unix socket until SIGTERM;\n"
+	"sandboxes keep running when it stops, and the next start adopts them.\n"
+	"\n"
 	"  --config FILE      config file (default " VG_DEFAULT_CONFIG_PATH ", if present)\n"
+	"  --socket PATH      API socket (default /run/vmgpu/vmgpu.sock)\n"
+	"  --state-dir DIR    where sandboxes are recorded (default /var/lib/vmgpu)\n"
 	"  --sysfs-root DIR   read PCI devices from DIR instead of /sys (a captured tree works)\n"
 	"  --log-format FMT   text or json\n"
+	"  --list-gpus        print the GPU inventory this agent advertises, then exit\n"
 	"  --version          print the version\n";
 
-enum { OPT_CONFIG = 256, OPT_SYSFS_ROOT, OPT_LOG_FORMAT, OPT_LIST_GPUS, OPT_VERSION };
+enum {
+	OPT_CONFIG = 256,
+	OPT_SYSFS_ROOT,
+	OPT_LOG_FORMAT,
+	OPT_LIST_GPUS,
+	OPT_VERSION,
+	OPT_SOCKET,
+	OPT_STATE_DIR
+};
 
 struct agent_args {
 	const char *config_path;
 	const char *sysfs_root;
+	const char *socket;
+	const char *state_dir;
 	const char *log_format;
 	const char *output;
 	bool list_gpus;
@@ -37,6 +53,8 @@ static int parse_args(int argc, char **argv, struct agent_args *args, struct vg_
 		{ "sysfs-root", required_argument, NULL, OPT_SYSFS_ROOT },
 		{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
 		{ "list-gpus", no_argument, NULL, OPT_LIST_GPUS },
+		{ "socket", required_argument, NULL, OPT_SOCKET },
+		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 		{ "output", required_argument, NULL, 'o' },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ "help", no_argument, NULL, 'h' },
@@ -57,6 +75,12 @@ static int parse_args(int argc, char **argv, struct agent_args *args, struct vg_
 			break;
 		case OPT_LIST_GPUS:
 			args->list_gpus = true;
+			break;
+		case OPT_SOCKET:
+			args->socket = optarg;
+			break;
+		case OPT_STATE_DIR:
+			args->state_dir = optarg;
 			break;
 		case 'o':
 			args->output = optarg;
@@ -93,6 +117,18 @@ static int load_config(const struct agent_args *args, struct vg_config *config,
 		if (strlen(args->sysfs_root) >= sizeof(config->sysfs_root))
 			return vg_error_set(err, ENAMETOOLONG, "--sysfs-root is too long");
 		strcpy(config->sysfs_root, args->sysfs_root);
+	}
+	if (args->socket) {
+		if (strlen(args->socket) >= sizeof(config->socket) || args->socket[0] != '/')
+			return vg_error_set(err, EINVAL,
+					    "--socket must be an absolute path shorter than %zu bytes",
+					    sizeof(config->socket));
+		strcpy(config->socket, args->socket);
+	}
+	if (args->state_dir) {
+		if (strlen(args->state_dir) >= sizeof(config->state_dir) || args->state_dir[0] != '/')
+			return vg_error_set(err, EINVAL, "--state-dir must be an absolute path");
+		strcpy(config->state_dir, args->state_dir);
 	}
 	if (args->log_format)
 		return vg_log_parse_format(args->log_format, &config->log_format, err);
@@ -151,10 +187,11 @@ int main(int argc, char **argv)
 	}
 	vg_log_setup("vmgpu-agent", config.log_format, config.log_level, stderr);
 	if (!args.list_gpus) {
-		fprintf(stderr, "vmgpu-agent: error: no mode given; this build serves only "
-				"--list-gpus\n%s",
-			usage);
-		return 2;
+		if (vg_agent_serve(&config, &err) < 0) {
+			vg_err("%s", err->msg);
+			return 1;
+		}
+		return 0;
 	}
 	if (list_gpus(&config, args.output, &err) < 0) {
 		vg_err("list GPUs: %s", err->msg);

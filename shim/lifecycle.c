@@ -204,7 +204,9 @@ static int start_qemu(struct shim *shim, struct vg_error **err)
 	if (ret < 0)
 		return ret;
 	uint64_t memlock = 0;
-	if (shim->spec.n_gpus > 0) {
+	/* Only an unprivileged QEMU is bound by RLIMIT_MEMLOCK; root has CAP_IPC_LOCK, and raising
+	 * the limit needs CAP_SYS_RESOURCE, which a container may not grant. */
+	if (shim->spec.n_gpus > 0 && shim->spec.qemu_uid >= 0) {
 		/* VFIO pins all guest RAM; BARs are mapped too. A little slack for QEMU itself. */
 		memlock = shim->spec.memory_mib << 20;
 		for (size_t g = 0; g < shim->spec.n_gpus; g++)
