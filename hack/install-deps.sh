@@ -4,11 +4,12 @@
 set -euo pipefail
 
 build_pkgs=(build-essential cmake pkg-config libpci-dev pci.ids libjson-c-dev libyaml-dev
-  libnl-3-dev libnl-route-3-dev)
+  libnl-3-dev libnl-route-3-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
+  protobuf-compiler)
 # Tests boot real guests under TCG in network namespaces and build the test guest from
 # Debian's kernel and busybox (hack/build-test-guest.sh installs its own few extras).
 test_pkgs=(libcmocka-dev python3 pciutils valgrind qemu-system-x86 qemu-system-arm iproute2
-  iputils-ping nftables kmod cpio)
+  iputils-ping nftables kmod cpio python3-grpcio python3-grpc-tools python3-protobuf)
 demo_pkgs=(pciutils qemu-system-x86 kmod iproute2 iputils-ping nftables cpio)
 
 want=("$@")
