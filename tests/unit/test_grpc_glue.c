@@ -616,8 +616,12 @@ static void timers_fire_in_order_and_cancel(void **state)
 {
 	(void)state;
 	run_on_loop(add_timers_job, NULL);
-	sleep_ms(200);
-	struct timer_log seen;
+	struct timer_log seen = { .n = 0 };
+	for (int i = 0; i < 500 && seen.n < 4; i++) {
+		sleep_ms(10);
+		run_on_loop(read_timer_log_job, &seen);
+	}
+	sleep_ms(50); /* the cancelled one would have fired by now */
 	run_on_loop(read_timer_log_job, &seen);
 	assert_int_equal(seen.n, 4);
 	assert_int_equal(seen.order[0], 10);
@@ -893,7 +897,7 @@ static void deferred_call_sees_its_client_leave(void **state)
 {
 	(void)state;
 	size_t index = g.n_held;
-	struct never_call c = { .timeout_ms = 1500 };
+	struct never_call c = { .timeout_ms = 3000 };
 	pthread_t t;
 	assert_int_equal(pthread_create(&t, NULL, never_call_main, &c), 0);
 	wait_held(index + 1);
