@@ -8,12 +8,17 @@
 #include "lib/inventory_json.h"
 #include "lib/node_scan.h"
 
-static const char doctor_usage[] =
-	"Usage: %s doctor [-o json|yaml|wide] [--config FILE] [--sysfs-root DIR]\n"
-	"                 [--dev-root DIR] [--proc-root DIR] [--modules-dir DIR]\n"
-	"\n"
-	"Checks whether this host can pass GPUs through to VMs, and why each GPU can or\n"
-	"cannot be used. Exits 0 when passthrough can work, 1 when it cannot.\n";
+static void doctor_usage(FILE *out, const char *program)
+{
+	fprintf(out,
+		"Usage: %s doctor [-o json|yaml|wide] [--config FILE] [--sysfs-root DIR]\n"
+		"                 [--dev-root DIR] [--proc-root DIR] [--modules-dir DIR]\n"
+		"\n"
+		"Checks whether this host can pass GPUs through to VMs, and why each GPU can or\n"
+		"cannot be used. Exits 0 when passthrough can work, 1 when it cannot. Reads the\n"
+		"host itself: the agent need not run.\n",
+		program);
+}
 
 static size_t count_state(const struct vg_inventory *inventory, enum vg_gpu_state state)
 {
@@ -89,11 +94,9 @@ static void print_tables(const struct vg_node_scan *scan, bool wide, bool ready,
 
 int vg_cmd_doctor(int argc, char **argv, const char *program)
 {
-	char usage[sizeof(doctor_usage) + 64];
-	snprintf(usage, sizeof(usage), doctor_usage, program);
 	struct vg_cli_options opts;
 	cleanup_error struct vg_error *err = NULL;
-	int ret = vg_cli_parse(argc, argv, program, usage, &opts, &err);
+	int ret = vg_cli_parse(argc, argv, program, doctor_usage, NULL, &opts, &err);
 	if (ret != 0)
 		return ret > 0 ? 0 : vg_cli_fail(program, err);
 	if (opts.first_arg < argc) {

@@ -1,6 +1,7 @@
 #include "cli/output.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,9 @@ int vg_output_yaml(FILE *out, json_object *obj, struct vg_error **err)
 		return vg_error_set(err, ENOMEM, "libyaml: cannot initialise the emitter");
 	yaml_emitter_set_output(&emitter, write_to_file, out);
 	yaml_emitter_set_unicode(&emitter, 1);
+	/* One line per scalar: libyaml folds long strings (reasons) at 80 columns otherwise, and a
+	 * folded line defeats grep. */
+	yaml_emitter_set_width(&emitter, -1);
 	int ret = 0;
 	yaml_stream_start_event_initialize(&event, YAML_UTF8_ENCODING);
 	ret |= emit(&emitter, &event);
@@ -115,6 +119,15 @@ int vg_output_yaml(FILE *out, json_object *obj, struct vg_error **err)
 				   emitter.problem ? emitter.problem : "emit failed");
 	yaml_emitter_delete(&emitter);
 	return ret;
+}
+
+int vg_output_document(FILE *out, enum vg_output_format format, json_object *obj,
+		       struct vg_error **err)
+{
+	if (format == VG_OUTPUT_YAML)
+		return vg_output_yaml(out, obj, err);
+	vg_output_json(out, obj);
+	return 0;
 }
 
 struct vg_table {
@@ -176,4 +189,51 @@ void vg_table_free(struct vg_table *table)
 		free(table->cells[i]);
 	free(table->cells);
 	free(table);
+}
+
+void vg_format_age(long long created_ns, long long now_ns, char *out, size_t size)
+{
+	if (created_ns <= 0) {
+		snprintf(out, size, "<unknown>");
+		return;
+	}
+	long long s = (now_ns - created_ns) / 1000000000LL;
+	if (s < 0)
+		s = 0; /* a clock skewed between agent and client reads as brand new */
+	/* kubectl's HumanDuration: more precision for young objects, less for old ones. */
+	if (s < 120)
+		snprintf(out, size, "%llds", s);
+	else if (s < 600)
+		snprintf(out, size, "%lldm%llds", s / 60, s % 60);
+	else if (s < 3 * 3600)
+		snprintf(out, size, "%lldm", s / 60);
+	else if (s < 8 * 3600)
+		snprintf(out, size, "%lldh%lldm", s / 3600, s % 3600 / 60);
+	else if (s < 48 * 3600)
+		snprintf(out, size, "%lldh", s / 3600);
+	else if (s < 8 * 86400)
+		snprintf(out, size, "%lldd%lldh", s / 86400, s % 86400 / 3600);
+	else
+		snprintf(out, size, "%lldd", s / 86400);
+}
+
+/* Wide enough for the longest key we print ("Runtime API Version:"). */
+#define DESCRIBE_VALUE_COLUMN 22
+
+void vg_describe_line(FILE *out, int indent, const char *key, const char *fmt, ...)
+{
+	int key_len = (int)strlen(key) + 1; /* with the colon */
+	int pad = DESCRIBE_VALUE_COLUMN - indent - key_len;
+	fprintf(out, "%*s%s:", indent, "", key);
+	fprintf(out, "%*s", pad > 1 ? pad : 1, "");
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(out, fmt, ap);
+	va_end(ap);
+	fputc('\n', out);
+}
+
+void vg_describe_section(FILE *out, int indent, const char *key)
+{
+	fprintf(out, "%*s%s:\n", indent, "", key);
 }
