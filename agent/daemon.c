@@ -1,12 +1,15 @@
 #include "agent/daemon.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/cri_service.h"
@@ -25,8 +28,18 @@ struct agent {
 	struct vg_device_table devices;
 	struct vg_sandboxes sandboxes;
 	struct vg_inventory_service *inventory;
-	uint64_t health_timer;
 	int signal_fd;
+	/* GPU rescans run on their own thread so a slow sysfs never stalls the gRPC loop; the
+	 * result is handed over under the mutex and installed on the loop thread. */
+	pthread_t health_thread;
+	bool health_started;
+	pthread_mutex_t health_mu;
+	pthread_cond_t health_cv;
+	bool health_stop;
+	bool rescan_now;
+	struct vg_node_scan pending;
+	bool has_pending;
+	struct vg_host_report host; /* the last full scan's host checks, for the rescans */
 };
 
 static void on_change(void *ctx)
@@ -36,15 +49,80 @@ static void on_change(void *ctx)
 	vg_inventory_service_publish(agent->inventory);
 }
 
-static void health_tick(void *ctx)
+static void *health_main(void *arg)
+{
+	struct agent *agent = arg;
+	pthread_mutex_lock(&agent->health_mu);
+	while (!agent->health_stop) {
+		struct timespec until;
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += agent->config->health_interval_s;
+		while (!agent->health_stop && !agent->rescan_now &&
+		       pthread_cond_timedwait(&agent->health_cv, &agent->health_mu, &until) == 0)
+			;
+		if (agent->health_stop)
+			break;
+		agent->rescan_now = false;
+		pthread_mutex_unlock(&agent->health_mu);
+		struct vg_node_scan scan;
+		cleanup_error struct vg_error *err = NULL;
+		int ret = vg_inventory_rescan(agent->config, &agent->host, &scan, &err);
+		if (ret < 0) {
+			vg_warn("GPU rescan failed, keeping the last inventory: %s", err->msg);
+			vg_node_scan_clear(&scan);
+		}
+		pthread_mutex_lock(&agent->health_mu);
+		if (ret == 0) {
+			if (agent->has_pending)
+				vg_node_scan_clear(&agent->pending);
+			agent->pending = scan;
+			agent->has_pending = true;
+			vg_grpc_loop_wake(agent->loop);
+		}
+	}
+	pthread_mutex_unlock(&agent->health_mu);
+	return NULL;
+}
+
+/* On the loop thread: install the newest rescan, if one is waiting. */
+static void on_wake(void *ctx)
 {
 	struct agent *agent = ctx;
+	struct vg_node_scan scan;
+	pthread_mutex_lock(&agent->health_mu);
+	bool have = agent->has_pending;
+	if (have)
+		scan = agent->pending;
+	agent->has_pending = false;
+	pthread_mutex_unlock(&agent->health_mu);
+	if (!have)
+		return;
 	cleanup_error struct vg_error *err = NULL;
-	if (vg_device_table_scan(&agent->devices, agent->config, false, &err) < 0)
-		vg_warn("GPU rescan failed, keeping the last inventory: %s", err->msg);
+	if (vg_device_table_install(&agent->devices, &scan, &err) < 0)
+		vg_warn("GPU rescan: %s", err->msg);
 	on_change(agent);
-	agent->health_timer = vg_grpc_loop_add_timer(
-		agent->loop, agent->config->health_interval_s * 1000, health_tick, agent);
+}
+
+static void request_rescan(struct agent *agent)
+{
+	pthread_mutex_lock(&agent->health_mu);
+	agent->rescan_now = true;
+	pthread_cond_signal(&agent->health_cv);
+	pthread_mutex_unlock(&agent->health_mu);
+}
+
+static void stop_health_thread(struct agent *agent)
+{
+	if (!agent->health_started)
+		return;
+	pthread_mutex_lock(&agent->health_mu);
+	agent->health_stop = true;
+	pthread_cond_signal(&agent->health_cv);
+	pthread_mutex_unlock(&agent->health_mu);
+	pthread_join(agent->health_thread, NULL);
+	if (agent->has_pending)
+		vg_node_scan_clear(&agent->pending);
+	agent->health_started = false;
 }
 
 static void on_signal(void *ctx, int fd)
@@ -54,7 +132,7 @@ static void on_signal(void *ctx, int fd)
 	while (read(fd, &info, sizeof(info)) == (ssize_t)sizeof(info)) {
 		if (info.ssi_signo == SIGHUP) {
 			vg_info("SIGHUP: rescanning GPUs");
-			health_tick(agent);
+			request_rescan(agent);
 			continue;
 		}
 		vg_info("signal %u: shutting down; sandboxes keep running", info.ssi_signo);
@@ -115,8 +193,11 @@ static int start(struct agent *agent, struct vg_error **err)
 		ret = vg_grpc_server_start(server, err);
 	if (ret < 0)
 		return ret;
-	agent->health_timer = vg_grpc_loop_add_timer(agent->loop, config->health_interval_s * 1000,
-						     health_tick, agent);
+	agent->host = agent->devices.scan.host;
+	vg_grpc_loop_set_wake_handler(agent->loop, on_wake, agent);
+	if (pthread_create(&agent->health_thread, NULL, health_main, agent) != 0)
+		return vg_error_set(err, EAGAIN, "cannot start the GPU health thread");
+	agent->health_started = true;
 	size_t n_gpus = agent->devices.scan.inventory->n_gpus, n_sandboxes = 0;
 	for (struct vg_sandbox *sb = agent->sandboxes.list; sb; sb = sb->next)
 		n_sandboxes++;
@@ -127,10 +208,14 @@ static int start(struct agent *agent, struct vg_error **err)
 
 int vg_agent_serve(const struct vg_config *config, struct vg_error **err)
 {
-	struct agent agent = { .config = config, .signal_fd = -1 };
+	struct agent agent = { .config = config,
+			       .signal_fd = -1,
+			       .health_mu = PTHREAD_MUTEX_INITIALIZER,
+			       .health_cv = PTHREAD_COND_INITIALIZER };
 	int ret = start(&agent, err);
 	if (ret == 0)
 		ret = vg_grpc_loop_run(agent.loop, err);
+	stop_health_thread(&agent);
 	/* Shims and VMs stay: a restarted agent adopts them from the state directory. */
 	vg_sandboxes_detach(&agent.sandboxes);
 	vg_inventory_service_free(agent.inventory);

@@ -69,39 +69,34 @@ bool vg_device_table_refresh(struct vg_device_table *table)
 	return true;
 }
 
-int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *config,
-			 bool with_host_checks, struct vg_error **err)
+int vg_inventory_rescan(const struct vg_config *config, const struct vg_host_report *host,
+			struct vg_node_scan *out, struct vg_error **err)
 {
-	struct vg_node_scan scan;
-	int ret;
-	if (with_host_checks || table->scan.inventory == NULL) {
-		ret = vg_node_scan_run(config, &scan, err);
-	} else {
-		/* A health rescan: the host checks (QEMU --version and all) keep their last result. */
-		scan.host = table->scan.host;
-		scan.inventory = NULL;
-		struct vg_sysfs sysfs;
-		cleanup_pci_scanner struct vg_pci_scanner *scanner = NULL;
-		ret = vg_sysfs_init(&sysfs, config->sysfs_root, err);
-		if (ret == 0)
-			ret = vg_pci_scanner_new(&sysfs, config->pci_ids[0] ? config->pci_ids : NULL,
-						 &scanner, err);
-		if (ret == 0)
-			ret = vg_inventory_scan(scanner, &config->filter, &scan.inventory, err);
-		if (ret == 0) {
-			struct vg_gpu_policy policy = {
-				.allow_boot_vga = config->allow_boot_vga,
-				.vfio_pci_usable = scan.host.vfio_pci_usable,
-				.vfio_pci_problem = scan.host.vfio_pci_problem,
-			};
-			vg_inventory_classify(scan.inventory, &policy);
-		}
-	}
-	if (ret < 0) {
-		vg_node_scan_clear(&scan);
+	memset(out, 0, sizeof(*out));
+	out->host = *host;
+	struct vg_sysfs sysfs;
+	cleanup_pci_scanner struct vg_pci_scanner *scanner = NULL;
+	int ret = vg_sysfs_init(&sysfs, config->sysfs_root, err);
+	if (ret == 0)
+		ret = vg_pci_scanner_new(&sysfs, config->pci_ids[0] ? config->pci_ids : NULL, &scanner,
+					 err);
+	if (ret == 0)
+		ret = vg_inventory_scan(scanner, &config->filter, &out->inventory, err);
+	if (ret < 0)
 		return ret;
-	}
-	size_t n = scan.inventory->n_gpus;
+	struct vg_gpu_policy policy = {
+		.allow_boot_vga = config->allow_boot_vga,
+		.vfio_pci_usable = out->host.vfio_pci_usable,
+		.vfio_pci_problem = out->host.vfio_pci_problem,
+	};
+	vg_inventory_classify(out->inventory, &policy);
+	return 0;
+}
+
+int vg_device_table_install(struct vg_device_table *table, struct vg_node_scan *scan,
+			    struct vg_error **err)
+{
+	size_t n = scan->inventory->n_gpus;
 	char(*owner)[VG_OWNER_MAX] = calloc(n ? n : 1, sizeof(*owner));
 	struct vg_alloc_device *view = calloc(n ? n : 1, sizeof(*view));
 	char(*why)[320] = calloc(n ? n : 1, sizeof(*why));
@@ -109,13 +104,13 @@ int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *
 		free(owner);
 		free(view);
 		free(why);
-		vg_node_scan_clear(&scan);
+		vg_node_scan_clear(scan);
 		return vg_error_set(err, ENOMEM, "out of memory");
 	}
 	/* Ownership follows the BDF across rescans: indexes may move when a GPU vanishes. */
 	for (size_t i = 0; i < n; i++) {
 		int old = table->scan.inventory
-				  ? vg_device_table_find(table, scan.inventory->gpus[i].fn.bdf)
+				  ? vg_device_table_find(table, scan->inventory->gpus[i].fn.bdf)
 				  : -1;
 		if (old >= 0)
 			memcpy(owner[i], table->owner[old], VG_OWNER_MAX);
@@ -124,12 +119,27 @@ int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *
 	free(table->owner);
 	free(table->view);
 	free(table->why);
-	table->scan = scan;
+	table->scan = *scan;
+	memset(scan, 0, sizeof(*scan));
 	table->owner = owner;
 	table->view = view;
 	table->why = why;
 	vg_device_table_refresh(table);
 	return 0;
+}
+
+int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *config,
+			 bool with_host_checks, struct vg_error **err)
+{
+	struct vg_node_scan scan;
+	int ret = with_host_checks || table->scan.inventory == NULL
+			  ? vg_node_scan_run(config, &scan, err)
+			  : vg_inventory_rescan(config, &table->scan.host, &scan, err);
+	if (ret < 0) {
+		vg_node_scan_clear(&scan);
+		return ret;
+	}
+	return vg_device_table_install(table, &scan, err);
 }
 
 void vg_device_table_clear(struct vg_device_table *table)

@@ -26,6 +26,13 @@ struct vg_device_table {
 /* Scans the node (host checks included); owners of GPUs that are still there are kept. */
 int vg_device_table_scan(struct vg_device_table *table, const struct vg_config *config,
 			 bool with_host_checks, struct vg_error **err);
+/* A GPU-only rescan that touches no table: safe on any thread. host supplies the vfio-pci
+ * verdict of the last full scan. */
+int vg_inventory_rescan(const struct vg_config *config, const struct vg_host_report *host,
+			struct vg_node_scan *out, struct vg_error **err);
+/* Takes over a scan made by vg_inventory_rescan (or vg_node_scan_run). */
+int vg_device_table_install(struct vg_device_table *table, struct vg_node_scan *scan,
+			    struct vg_error **err);
 void vg_device_table_clear(struct vg_device_table *table);
 /* Position of the GPU with this BDF, or -1. */
 int vg_device_table_find(const struct vg_device_table *table, const char *bdf);

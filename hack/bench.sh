@@ -11,3 +11,5 @@ trap 'rm -rf "$tmp"' EXIT
 build-release/tests/bench/bench_discovery "$tmp/hgx8" "${1:-500}"
 cmake --build build-release -j"$(nproc)" --target vmgpu-shim >/dev/null
 /usr/bin/python3 tests/bench/bench_shim.py build-release "${2:-5}"
+cmake --build build-release -j"$(nproc)" --target vmgpu-agent vg_sysfs_mock >/dev/null
+/usr/bin/python3 tests/bench/bench_agent.py build-release "${3:-2000}"
