@@ -103,7 +103,8 @@ static void on_unary_sent(struct vg_grpc_tag *tag, bool ok)
 	if (!ok)
 		vg_debug("grpc server: the reply to %s did not go out (client gone)",
 			 call->method->path);
-	grpc_byte_buffer_destroy(call->reply);
+	if (call->reply != NULL) /* a failure status went without a message */
+		grpc_byte_buffer_destroy(call->reply);
 	call->reply = NULL;
 	call->base.batches--;
 	server_call_maybe_release(&call->base);

@@ -43,7 +43,10 @@ int vg_grpc_loop_new(struct vg_grpc_loop **out, struct vg_error **err);
  * (streams get UNAVAILABLE, 2 s grace, cancel_all_calls) before returning. */
 int vg_grpc_loop_run(struct vg_grpc_loop *loop, struct vg_error **err);
 void vg_grpc_loop_stop(struct vg_grpc_loop *loop); /* loop thread only */
-/* Frees everything, drains the completion queue, grpc_shutdown. Accepts NULL. */
+/* Frees everything, drains the completion queue, grpc_shutdown. Accepts NULL. Between the
+ * return of vg_grpc_loop_run and this, the loop thread may still answer calls it kept (the
+ * answers are dropped: those calls were cancelled), cancel timers and unwatch fds; a call
+ * never answered at all is freed here. */
 void vg_grpc_loop_free(struct vg_grpc_loop *loop);
 
 /* Thread-safe: runs fn(ctx) on the loop thread soon; coalesces repeated wakes of the same
@@ -51,7 +54,8 @@ void vg_grpc_loop_free(struct vg_grpc_loop *loop);
 void vg_grpc_loop_set_wake_handler(struct vg_grpc_loop *loop, void (*fn)(void *ctx), void *ctx);
 void vg_grpc_loop_wake(struct vg_grpc_loop *loop);
 
-/* Timers: fn runs on the loop thread once, at or after delay_ms. Returns an id > 0. */
+/* Timers: fn runs on the loop thread once, at or after delay_ms. Returns an id > 0 (0 only
+ * when out of memory). Timers with the same deadline fire in the order they were added. */
 uint64_t vg_grpc_loop_add_timer(struct vg_grpc_loop *loop, int64_t delay_ms,
 				void (*fn)(void *ctx), void *ctx);
 void vg_grpc_loop_cancel_timer(struct vg_grpc_loop *loop, uint64_t id);
