@@ -1,6 +1,7 @@
 #include "agent/cri_service.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,9 +40,20 @@ static void on_version(void *ctx, struct vg_grpc_call *call, const uint8_t *data
 	vg_reply_message(call, &resp.base);
 }
 
+/* The agent stopping while a caller waits is a transient condition, not a failure. */
+static bool fail_if_shutting_down(struct vg_grpc_call *call, const struct vg_error *err)
+{
+	if (err == NULL || err->code != ECANCELED)
+		return false;
+	vg_grpc_call_fail(call, VG_GRPC_UNAVAILABLE, err->msg);
+	return true;
+}
+
 static void run_done(void *ctx, const char *sandbox_id, const struct vg_error *err)
 {
 	struct vg_grpc_call *call = ctx;
+	if (fail_if_shutting_down(call, err))
+		return;
 	if (err != NULL) {
 		vg_grpc_call_fail_error(call, err);
 		return;
@@ -90,7 +102,9 @@ static void stop_done(void *ctx, const char *sandbox_id, const struct vg_error *
 {
 	(void)sandbox_id;
 	struct vg_grpc_call *call = ctx;
-	if (err != NULL && err->code != ECANCELED) {
+	if (fail_if_shutting_down(call, err))
+		return;
+	if (err != NULL) {
 		vg_grpc_call_fail_error(call, err);
 		return;
 	}
@@ -102,6 +116,8 @@ static void remove_done(void *ctx, const char *sandbox_id, const struct vg_error
 {
 	(void)sandbox_id;
 	struct vg_grpc_call *call = ctx;
+	if (fail_if_shutting_down(call, err))
+		return;
 	if (err != NULL) {
 		vg_grpc_call_fail_error(call, err);
 		return;

@@ -136,6 +136,8 @@ static void on_signal(void *ctx, int fd)
 			continue;
 		}
 		vg_info("signal %u: shutting down; sandboxes keep running", info.ssi_signo);
+		/* Answer waiting callers while the server can still send a status. */
+		vg_sandboxes_detach(&agent->sandboxes);
 		vg_grpc_loop_stop(agent->loop);
 	}
 }
