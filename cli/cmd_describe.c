@@ -104,11 +104,12 @@ static void print_gpu(const Vmgpu__V1__GpuDevice *d, FILE *out)
 	vg_describe_line(out, 0, "Index", "%d", d->index);
 	vg_describe_line(out, 0, "State", "%s", d->state);
 	vg_describe_line(out, 0, "Sandbox", "%s", or_none(d->sandbox_id));
-	vg_describe_line(out, 0, "Vendor ID", "%s", d->vendor_id);
-	vg_describe_line(out, 0, "Device ID", "%s", d->device_id);
+	vg_describe_line(out, 0, "IDs", "%s:%s", vg_output_pci_id(d->vendor_id),
+			 vg_output_pci_id(d->device_id));
 	if (d->subsystem_vendor_id[0] || d->subsystem_device_id[0])
-		vg_describe_line(out, 0, "Subsystem", "%s:%s", d->subsystem_vendor_id,
-				 d->subsystem_device_id);
+		vg_describe_line(out, 0, "Subsystem", "%s:%s",
+				 vg_output_pci_id(d->subsystem_vendor_id),
+				 vg_output_pci_id(d->subsystem_device_id));
 	if (d->numa_node < 0)
 		vg_describe_line(out, 0, "NUMA Node", "<none>");
 	else
@@ -122,8 +123,9 @@ static void print_gpu(const Vmgpu__V1__GpuDevice *d, FILE *out)
 	print_map_header(out, "Companions", d->n_companions);
 	for (size_t i = 0; i < d->n_companions; i++) {
 		const Vmgpu__V1__PciFunction *c = d->companions[i];
-		fprintf(out, "  %s  [%s %s:%s]  driver %s\n", c->bdf, or_none(c->class_code),
-			c->vendor_id, c->device_id, or_none(c->driver));
+		fprintf(out, "  %s  [%s %s:%s]  driver %s\n", c->bdf,
+			or_none(vg_output_pci_id(c->class_code)), vg_output_pci_id(c->vendor_id),
+			vg_output_pci_id(c->device_id), or_none(c->driver));
 	}
 	struct key_value *attributes = calloc(d->n_attributes + 1, sizeof(*attributes));
 	for (size_t i = 0; attributes && i < d->n_attributes; i++)

@@ -28,12 +28,6 @@ static void get_usage(FILE *out, const char *program)
 	vg_cli_print_agent_flags(out, VG_CLI_DEFAULT_TIMEOUT_S);
 }
 
-/* "0x10de" and "10de" both print as "10de". */
-static const char *hex_id(const char *id)
-{
-	return id && strncmp(id, "0x", 2) == 0 ? id + 2 : (id ? id : "");
-}
-
 static const char *device_reason(const Vmgpu__V1__GpuDevice *d)
 {
 	if (d->reason && d->reason[0])
@@ -47,7 +41,8 @@ static void add_gpu_row(struct vg_table *table, const Vmgpu__V1__GpuDevice *d)
 	snprintf(index, sizeof(index), "%d", d->index);
 	snprintf(numa, sizeof(numa), "%d", d->numa_node);
 	snprintf(group, sizeof(group), "%d", d->iommu_group);
-	snprintf(ids, sizeof(ids), "%s:%s", hex_id(d->vendor_id), hex_id(d->device_id));
+	snprintf(ids, sizeof(ids), "%s:%s", vg_output_pci_id(d->vendor_id),
+		 vg_output_pci_id(d->device_id));
 	size_t len = 1;
 	for (size_t i = 0; i < d->n_companions; i++)
 		len += strlen(d->companions[i]->bdf) + 1;

@@ -127,12 +127,15 @@ static int fetch_log_source(struct vg_api *api, const char *id, struct log_sourc
 	return ret;
 }
 
-static int open_log(const char *path, int *fd, struct vg_error **err)
+static int open_log(const struct log_source *src, int *fd, struct vg_error **err)
 {
-	*fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	*fd = open(src->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (*fd >= 0)
 		return 0;
-	return vg_error_set_errno(err, errno, "console log %s", path);
+	if (errno == ENOENT) /* the usual case: QEMU has not started (or never did) */
+		return vg_error_set(err, ENOENT, "no console log yet at %s (the sandbox is %s)",
+				    src->path, src->state);
+	return vg_error_set_errno(err, errno, "console log %s", src->path);
 }
 
 static void sleep_ms(long long ms)
@@ -158,7 +161,7 @@ static int follow(struct vg_api *api, const char *program, const char *id,
 		/* The shim creates the file when QEMU starts: until then there is nothing to show,
 		 * and only a finished sandbox without one is an error. */
 		if (fd < 0) {
-			int ret = open_log(src->path, &fd, finished ? err : NULL);
+			int ret = open_log(src, &fd, finished ? err : NULL);
 			if (ret < 0 && finished)
 				return ret;
 		}
@@ -230,7 +233,7 @@ int vg_cmd_logs(int argc, char **argv, const char *program)
 	}
 	cleanup_close int fd = -1;
 	off_t offset = 0;
-	if (open_log(src.path, &fd, &err) < 0 || copy_new_output(fd, &offset, &err) < 0)
+	if (open_log(&src, &fd, &err) < 0 || copy_new_output(fd, &offset, &err) < 0)
 		return vg_cli_error(program, err);
 	return 0;
 }

@@ -191,6 +191,13 @@ void vg_table_free(struct vg_table *table)
 	free(table);
 }
 
+const char *vg_output_pci_id(const char *id)
+{
+	if (id == NULL)
+		return "";
+	return strncmp(id, "0x", 2) == 0 ? id + 2 : id;
+}
+
 void vg_format_age(long long created_ns, long long now_ns, char *out, size_t size)
 {
 	if (created_ns <= 0) {

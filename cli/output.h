@@ -23,6 +23,9 @@ void vg_table_add_row(struct vg_table *table, const char *const *cells);
 void vg_table_print(const struct vg_table *table, FILE *out);
 void vg_table_free(struct vg_table *table);
 
+/* A PCI id as people write it: "0x10de" and "10de" both give "10de"; NULL gives "". */
+const char *vg_output_pci_id(const char *id);
+
 /* kubectl's age: "42s", "5m12s", "3h", "12d", from a creation time in ns since the epoch. */
 void vg_format_age(long long created_ns, long long now_ns, char *out, size_t size);
 

@@ -701,7 +701,8 @@ class LogsTest(CliTestCase):
 
     def test_missing_file_and_missing_key_are_errors(self):
         proc = self.fails(1, "logs", "sb-log")
-        self.assertIn("console log %s: No such file or directory" % self.log, proc.stderr)
+        self.assertEqual(proc.stderr, "vmgpuctl: error: no console log yet at %s (the sandbox "
+                                      "is ready)\n" % self.log)
         self.sandbox.info.pop("console_log")
         proc = self.fails(1, "logs", "sb-log")
         self.assertIn("the agent reports no console log for sandbox sb-log", proc.stderr)
@@ -743,6 +744,11 @@ class LogsTest(CliTestCase):
         finally:
             proc.kill()
         self.assertEqual((proc.returncode, out), (0, "late start\n"), err)
+
+    def test_follow_of_a_finished_sandbox_without_a_log_fails(self):
+        self.sandbox.info["state"] = "failed"
+        proc = self.fails(1, "logs", "sb-log", "-f")
+        self.assertIn("no console log yet at %s (the sandbox is failed)" % self.log, proc.stderr)
 
     def test_follow_of_a_finished_sandbox_prints_and_returns(self):
         self.write_log("all done\n", "w")
