@@ -229,7 +229,7 @@ static int connect_ready_channel(struct shim *shim, struct vg_error **err)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", shim->paths.ready_socket);
-	int64_t deadline = vg_monotonic_ns() + 10 * 1000000000LL;
+	int64_t deadline = vg_monotonic_ns() + 30 * 1000000000LL;
 	for (;;) {
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 		if (fd < 0)
@@ -550,7 +550,7 @@ int vg_shim_run(const struct vg_shim_options *options)
 		ret = start_qemu(shim, &err);
 	if (ret == 0)
 		set_state(shim, VG_SANDBOX_CREATING, "");
-	if (ret == 0 && vg_qmp_connect(shim->paths.qmp_socket, 10000, &shim->qmp, &err) < 0)
+	if (ret == 0 && vg_qmp_connect(shim->paths.qmp_socket, 30000, &shim->qmp, &err) < 0)
 		ret = -1;
 	if (ret == 0)
 		ret = connect_ready_channel(shim, &err);
