@@ -10,7 +10,7 @@ build_pkgs=(build-essential cmake pkg-config libpci-dev pci.ids libjson-c-dev li
 # Debian's kernel and busybox (hack/build-test-guest.sh installs its own few extras).
 test_pkgs=(libcmocka-dev python3 pciutils valgrind qemu-system-x86 qemu-system-arm iproute2
   iputils-ping nftables kmod cpio python3-grpcio python3-grpc-tools python3-protobuf)
-demo_pkgs=(pciutils qemu-system-x86 kmod iproute2 iputils-ping nftables cpio)
+demo_pkgs=(pciutils qemu-system-x86 kmod iproute2 iputils-ping nftables cpio python3)
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(build test demo)
