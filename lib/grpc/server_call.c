@@ -356,7 +356,7 @@ void unimplemented_call_start(struct vg_grpc_server *server, grpc_call *grpc_cal
 	server_call_link(server, call, CALL_UNIMPLEMENTED, grpc_call,
 			 gpr_inf_future(GPR_CLOCK_REALTIME));
 	char details[256];
-	snprintf(details, sizeof(details), "method %.*s is not implemented here",
+	snprintf(details, sizeof(details), "method %.*s is not served on this socket",
 		 (int)(GRPC_SLICE_LENGTH(method) > 200 ? 200 : GRPC_SLICE_LENGTH(method)),
 		 (const char *)GRPC_SLICE_START_PTR(method));
 	vg_debug("grpc server %s: %s", server->socket_path, details);
