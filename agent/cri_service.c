@@ -98,7 +98,8 @@ static void on_run(void *ctx, struct vg_grpc_call *call, const uint8_t *data, si
 	runtime__v1__run_pod_sandbox_request__free_unpacked(req, NULL);
 }
 
-static void stop_done(void *ctx, const char *sandbox_id, const struct vg_error *err)
+/* Stop and Remove answer with an empty message, which is zero bytes on the wire. */
+static void empty_reply_done(void *ctx, const char *sandbox_id, const struct vg_error *err)
 {
 	(void)sandbox_id;
 	struct vg_grpc_call *call = ctx;
@@ -108,22 +109,8 @@ static void stop_done(void *ctx, const char *sandbox_id, const struct vg_error *
 		vg_grpc_call_fail_error(call, err);
 		return;
 	}
-	Runtime__V1__StopPodSandboxResponse resp = RUNTIME__V1__STOP_POD_SANDBOX_RESPONSE__INIT;
-	vg_reply_message(call, &resp.base);
-}
-
-static void remove_done(void *ctx, const char *sandbox_id, const struct vg_error *err)
-{
-	(void)sandbox_id;
-	struct vg_grpc_call *call = ctx;
-	if (fail_if_shutting_down(call, err))
-		return;
-	if (err != NULL) {
-		vg_grpc_call_fail_error(call, err);
-		return;
-	}
-	Runtime__V1__RemovePodSandboxResponse resp = RUNTIME__V1__REMOVE_POD_SANDBOX_RESPONSE__INIT;
-	vg_reply_message(call, &resp.base);
+	static const uint8_t nothing[1];
+	vg_grpc_call_reply(call, nothing, 0);
 }
 
 static void on_stop(void *ctx, struct vg_grpc_call *call, const uint8_t *data, size_t len)
@@ -134,7 +121,7 @@ static void on_stop(void *ctx, struct vg_grpc_call *call, const uint8_t *data, s
 	if (req == NULL)
 		return;
 	cleanup_error struct vg_error *err = NULL;
-	if (vg_sandboxes_stop(ctx, req->pod_sandbox_id, stop_done, call, &err) < 0)
+	if (vg_sandboxes_stop(ctx, req->pod_sandbox_id, empty_reply_done, call, &err) < 0)
 		vg_grpc_call_fail_error(call, err);
 	runtime__v1__stop_pod_sandbox_request__free_unpacked(req, NULL);
 }
@@ -147,7 +134,7 @@ static void on_remove(void *ctx, struct vg_grpc_call *call, const uint8_t *data,
 	if (req == NULL)
 		return;
 	cleanup_error struct vg_error *err = NULL;
-	if (vg_sandboxes_remove(ctx, req->pod_sandbox_id, remove_done, call, &err) < 0)
+	if (vg_sandboxes_remove(ctx, req->pod_sandbox_id, empty_reply_done, call, &err) < 0)
 		vg_grpc_call_fail_error(call, err);
 	runtime__v1__remove_pod_sandbox_request__free_unpacked(req, NULL);
 }
