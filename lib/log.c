@@ -84,7 +84,8 @@ void vg_log(enum vg_log_level level, const char *fmt, ...)
 		json_object_object_add(obj, "level", json_object_new_string(level_names[level]));
 		json_object_object_add(obj, "prog", json_object_new_string(log_config.program));
 		json_object_object_add(obj, "msg", json_object_new_string(msg));
-		fprintf(out, "%s\n", json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN));
+		fprintf(out, "%s\n", json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+								   JSON_C_TO_STRING_NOSLASHESCAPE));
 		json_object_put(obj);
 	} else {
 		fprintf(out, "%s %s %s: %s\n", stamp, level_names[level], log_config.program, msg);
