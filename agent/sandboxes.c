@@ -36,6 +36,9 @@ struct vg_sb_waiter {
 	struct vg_sb_waiter *next;
 };
 
+static void request_shim_stop(struct vg_sandbox *sb);
+static bool stop_requested(const struct vg_sandbox *sb);
+
 static void notify_change(struct vg_sandboxes *mgr)
 {
 	if (mgr->on_change)
@@ -261,6 +264,8 @@ static void on_launcher_output(void *ctx, int fd)
 		on_shim_gone(sb);
 		return;
 	}
+	if (stop_requested(sb))
+		request_shim_stop(sb);
 	notify_change(sb->owner);
 }
 
@@ -304,6 +309,26 @@ int vg_sandboxes_stop(struct vg_sandboxes *mgr, const char *id, vg_sb_done_fn do
 	return vg_sandbox_stop(sb, false, done, ctx, err);
 }
 
+static void stop_overdue(void *ctx);
+
+static void request_shim_stop(struct vg_sandbox *sb)
+{
+	if (sb->pidfd < 0 || sb->stop_timer != 0)
+		return;
+	cleanup_error struct vg_error *err = NULL;
+	if (vg_pidfd_signal(sb->pidfd, SIGTERM, &err) < 0)
+		vg_warn("sandbox %s: %s", sb->id, err->msg);
+	sb->stop_timer = vg_grpc_loop_add_timer(sb->owner->loop, STOP_GRACE_MS, stop_overdue, sb);
+}
+
+static bool stop_requested(const struct vg_sandbox *sb)
+{
+	for (const struct vg_sb_waiter *w = sb->waiters; w; w = w->next)
+		if (w->kind == WAIT_EXIT)
+			return true;
+	return false;
+}
+
 static void stop_overdue(void *ctx)
 {
 	struct vg_sandbox *sb = ctx;
@@ -329,14 +354,8 @@ int vg_sandbox_stop(struct vg_sandbox *sb, bool then_remove, vg_sb_done_fn done,
 	int ret = add_waiter(sb, WAIT_EXIT, then_remove, done, ctx, err);
 	if (ret < 0)
 		return ret;
-	if (sb->pidfd >= 0 && sb->stop_timer == 0) {
-		cleanup_error struct vg_error *signal_err = NULL;
-		if (vg_pidfd_signal(sb->pidfd, SIGTERM, &signal_err) < 0)
-			vg_warn("sandbox %s: %s", sb->id, signal_err->msg);
-		sb->stop_timer = vg_grpc_loop_add_timer(sb->owner->loop, STOP_GRACE_MS,
-							 stop_overdue, sb);
-	}
-	/* A launcher still starting gets the stop once it reports; its pidfd path ends this. */
+	/* A launcher still starting gets the stop once it has reported (on_launcher_output). */
+	request_shim_stop(sb);
 	return 0;
 }
 

@@ -129,6 +129,24 @@ class RequestForms(AgentTest):
                 p.cri.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=30)
         self.assertEqual(self.agent.sandbox_dirs(), [])
 
+    def test_stop_while_creating_ends_the_run_and_frees_the_gpu(self):
+        self.agent.terminate()
+        self.agent.start(FAKE_QEMU_READY_DELAY="4")
+        future = self.agent.runtime.RunPodSandbox.future(p.cri.RunPodSandboxRequest(
+            config=p.cri.PodSandboxConfig(
+                metadata=p.cri.PodSandboxMetadata(name="slow", uid="u-slow", namespace="default"),
+                annotations=ann(gpu="any"))), timeout=60)
+        listed = wait_for(lambda: self.agent.runtime.ListPodSandbox(
+            p.cri.ListPodSandboxRequest(), timeout=5).items, 10)
+        self.assertTrue(listed)
+        sid = listed[0].id
+        self.agent.runtime.StopPodSandbox(p.cri.StopPodSandboxRequest(pod_sandbox_id=sid),
+                                          timeout=30)
+        with self.assertRaises(grpc.RpcError):
+            future.result(timeout=30)
+        self.assertEqual(self.allocated(), {})
+        self.assertEqual(driver_snapshot(self.agent.sysfs), self.before)
+
     def test_list_filters_and_watch_snapshots(self):
         stream = self.agent.inventory.WatchDevices(p.inventory.WatchDevicesRequest(), timeout=30)
         first = next(stream)
