@@ -61,8 +61,10 @@ struct vg_grpc_server {
 
 /* server_socket.c */
 int socket_dir_check(const char *socket_path, struct vg_error **err);
-/* Returns the locked fd (our pid written into it) and the lock file's path. */
-int socket_lock(const char *socket_path, char **lock_path, struct vg_error **err);
+/* Returns the locked fd (our pid written into it) and the lock file's path: lock_at, or
+ * "<socket_path>.lock" when lock_at is NULL. */
+int socket_lock(const char *socket_path, const char *lock_at, char **lock_path,
+		struct vg_error **err);
 void socket_unlock(int fd, const char *lock_path);
 
 /* server.c */

@@ -60,6 +60,13 @@ static void server_maybe_free(struct vg_grpc_server *server)
 int vg_grpc_server_new(struct vg_grpc_loop *loop, const char *socket_path, mode_t mode,
 		       struct vg_grpc_server **out, struct vg_error **err)
 {
+	return vg_grpc_server_new_locked_at(loop, socket_path, NULL, mode, out, err);
+}
+
+int vg_grpc_server_new_locked_at(struct vg_grpc_loop *loop, const char *socket_path,
+				 const char *lock_at, mode_t mode, struct vg_grpc_server **out,
+				 struct vg_error **err)
+{
 	if (loop->phase >= LOOP_STOPPING)
 		return vg_error_set(err, ESHUTDOWN, "the grpc loop is shutting down");
 	if ((mode & ~(mode_t)0777) != 0)
@@ -73,7 +80,7 @@ int vg_grpc_server_new(struct vg_grpc_loop *loop, const char *socket_path, mode_
 	if (rc < 0)
 		return rc;
 	cleanup_free char *lock_path = NULL;
-	cleanup_close int lock_fd = socket_lock(socket_path, &lock_path, err);
+	cleanup_close int lock_fd = socket_lock(socket_path, lock_at, &lock_path, err);
 	if (lock_fd < 0)
 		return lock_fd;
 

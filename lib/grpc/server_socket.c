@@ -58,10 +58,12 @@ static void read_holder_pid(int fd, char *buf, size_t size)
 		snprintf(buf, size, "unknown");
 }
 
-int socket_lock(const char *socket_path, char **lock_path, struct vg_error **err)
+int socket_lock(const char *socket_path, const char *lock_at, char **lock_path,
+		struct vg_error **err)
 {
 	cleanup_free char *path = NULL;
-	if (asprintf(&path, "%s.lock", socket_path) < 0)
+	if ((lock_at != NULL ? (path = strdup(lock_at)) == NULL
+			     : asprintf(&path, "%s.lock", socket_path) < 0))
 		return vg_error_set(err, ENOMEM, "out of memory");
 	/* A holder that just shut down unlinks the file after we opened it: then the lock we get
 	 * is on a dead inode, so check and retry against what the path names now. */

@@ -83,6 +83,12 @@ typedef void (*vg_grpc_stream_closed_fn)(void *ctx, struct vg_grpc_stream *strea
  * The socket gets `mode` (0600 or 0660) after bind. */
 int vg_grpc_server_new(struct vg_grpc_loop *loop, const char *socket_path, mode_t mode,
 		       struct vg_grpc_server **out, struct vg_error **err);
+/* The same with the lock file at lock_path, for a socket in a directory that another program
+ * cleans out (the kubelet deletes files in its device-plugins directory when it starts): a lock
+ * deleted while held would let the next server bind before the old one has let go. */
+int vg_grpc_server_new_locked_at(struct vg_grpc_loop *loop, const char *socket_path,
+				 const char *lock_path, mode_t mode, struct vg_grpc_server **out,
+				 struct vg_error **err);
 /* method is the byte-exact path "/package.Service/Method". Register before start. */
 int vg_grpc_server_add_unary(struct vg_grpc_server *server, const char *method,
 			     vg_grpc_unary_fn fn, void *ctx, struct vg_error **err);
