@@ -1,17 +1,30 @@
 #include "lib/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <yaml.h>
 
 #include "lib/atomic_file.h"
 #include "lib/cleanup.h"
 #include "lib/error.h"
 
-enum key_kind { KEY_PATH, KEY_BOOL, KEY_LOG_FORMAT, KEY_LOG_LEVEL, KEY_FILTER, KEY_INT, KEY_WORD };
+enum key_kind {
+	KEY_PATH,
+	KEY_BOOL,
+	KEY_LOG_FORMAT,
+	KEY_LOG_LEVEL,
+	KEY_FILTER,
+	KEY_INT,
+	KEY_WORD,
+	KEY_RESOURCE_NAME,
+	KEY_RESOURCE_NAMING,
+	KEY_RESOURCE_ALIASES,
+};
 
 struct key_spec {
 	const char *name;
@@ -49,6 +62,14 @@ static const struct key_spec top_keys[] = {
 	INT_KEY(qemu_gid, -1, 4294967294LL),
 	INT_KEY(health_interval_s, 1, 3600),
 	INT_KEY(ready_timeout_s, 1, 3600),
+	PATH_KEY(kubelet_dir),
+	PATH_KEY(pod_resources_socket),
+	{ "resource_naming", KEY_RESOURCE_NAMING, offsetof(struct vg_config, resource_naming), 0, 0,
+	  0, "single per-model" },
+	{ "resource_name", KEY_RESOURCE_NAME, offsetof(struct vg_config, resource_name),
+	  sizeof(((struct vg_config *)0)->resource_name), 0, 0, NULL },
+	{ "resource_aliases", KEY_RESOURCE_ALIASES, offsetof(struct vg_config, resource_aliases), 0,
+	  0, 0, NULL },
 	{ "allow_boot_vga", KEY_BOOL, offsetof(struct vg_config, allow_boot_vga), 0, 0, 0, NULL },
 	{ "gpu_filter", KEY_FILTER, offsetof(struct vg_config, filter), 0, 0, 0, NULL },
 	{ "log_format", KEY_LOG_FORMAT, offsetof(struct vg_config, log_format), 0, 0, 0, NULL },
@@ -212,6 +233,140 @@ static int parse_enum(struct parse_ctx *ctx, const struct key_spec *spec, yaml_n
 	return 0;
 }
 
+/* kubelet's IsQualifiedName for the part after the slash. */
+static bool qualified_name_ok(const char *name, size_t len)
+{
+	if (len == 0 || len > 63 || !isalnum((unsigned char)name[0]) ||
+	    !isalnum((unsigned char)name[len - 1]))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!isalnum((unsigned char)name[i]) && !strchr("-_.", name[i]))
+			return false;
+	return true;
+}
+
+/* A DNS-1123 subdomain: lowercase labels of letters, digits and '-', joined by dots. */
+static bool subdomain_ok(const char *domain, size_t len)
+{
+	if (len == 0 || len > 253 - strlen("requests."))
+		return false;
+	char prev = '.';
+	for (size_t i = 0; i < len; i++) {
+		char c = domain[i];
+		bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+		if (!alnum && c != '-' && c != '.')
+			return false;
+		if (c == '.' && (prev == '.' || prev == '-'))
+			return false;
+		if (c == '-' && prev == '.')
+			return false;
+		prev = c;
+	}
+	return prev != '.' && prev != '-';
+}
+
+int vg_resource_name_check(const char *text, struct vg_error **err)
+{
+	const char *slash = strchr(text, '/');
+	if (slash == NULL || strchr(slash + 1, '/') != NULL)
+		return vg_error_set(
+			err, EINVAL,
+			"'%s' is not of the form domain/name (for example nvidia.com/gpu)", text);
+	size_t domain_len = (size_t)(slash - text);
+	if (!subdomain_ok(text, domain_len))
+		return vg_error_set(err, EINVAL,
+				    "'%s': the domain must be a lowercase DNS name of at most 244 "
+				    "characters",
+				    text);
+	if ((domain_len == strlen("kubernetes.io") && strncmp(text, "kubernetes.io", 13) == 0) ||
+	    (domain_len > 14 && strncmp(slash - 14, ".kubernetes.io", 14) == 0))
+		return vg_error_set(
+			err, EINVAL,
+			"'%s': the kubernetes.io domain is reserved for native resources", text);
+	if (!qualified_name_ok(slash + 1, strlen(slash + 1)))
+		return vg_error_set(
+			err, EINVAL,
+			"'%s': the name must be 1 to 63 letters, digits, '-', '_' or '.', "
+			"starting and ending with a letter or digit",
+			text);
+	return 0;
+}
+
+static int parse_resource_name(struct parse_ctx *ctx, const struct key_spec *spec,
+			       yaml_node_t *value, char *out, struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	if (text == NULL || strlen(text) >= spec->size)
+		return fail_at(ctx, value, err, "expected a resource name like nvidia.com/gpu",
+			       spec->name, NULL);
+	cleanup_error struct vg_error *inner = NULL;
+	if (vg_resource_name_check(text, &inner) < 0)
+		return fail_at(ctx, value, err, NULL, spec->name, inner->msg);
+	strcpy(out, text);
+	return 0;
+}
+
+static int parse_resource_naming(struct parse_ctx *ctx, const struct key_spec *spec,
+				 yaml_node_t *value, enum vg_resource_naming *out,
+				 struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	if (text != NULL && strcmp(text, "single") == 0)
+		*out = VG_RESOURCE_SINGLE;
+	else if (text != NULL && strcmp(text, "per-model") == 0)
+		*out = VG_RESOURCE_PER_MODEL;
+	else
+		return fail_at(ctx, value, err, "expected single or per-model", spec->name, NULL);
+	return 0;
+}
+
+/* model: name. A name without a domain takes resource_name's domain when the agent names the
+ * resources (so the order of keys in the file does not matter); here it is only checked. */
+static int parse_resource_aliases(struct parse_ctx *ctx, yaml_node_t *value,
+				  struct vg_config *config, struct vg_error **err)
+{
+	if (value->type != YAML_MAPPING_NODE)
+		return fail_at(ctx, value, err,
+			       "expected a mapping of GPU model to resource name, for example "
+			       "GH100_H100_SXM5_80GB: nvidia.com/h100",
+			       "resource_aliases", NULL);
+	config->n_resource_aliases = 0;
+	for (yaml_node_pair_t *pair = value->data.mapping.pairs.start;
+	     pair < value->data.mapping.pairs.top; pair++) {
+		yaml_node_t *k = yaml_document_get_node(ctx->doc, pair->key);
+		yaml_node_t *v = yaml_document_get_node(ctx->doc, pair->value);
+		const char *model = scalar_text(k), *name = scalar_text(v);
+		struct vg_resource_alias *alias =
+			&config->resource_aliases[config->n_resource_aliases];
+		char full[160];
+		snprintf(full, sizeof(full), "resource_aliases.%.96s", model ? model : "?");
+		if (config->n_resource_aliases == VG_MAX_RESOURCE_ALIASES)
+			return fail_at(ctx, k, err, "too many aliases (at most 16)", full, NULL);
+		if (model == NULL || model[0] == '\0' || strlen(model) >= sizeof(alias->model))
+			return fail_at(ctx, k, err, "expected a GPU model of 1 to 95 characters",
+				       full, NULL);
+		if (name == NULL || name[0] == '\0' || strlen(name) >= sizeof(alias->name))
+			return fail_at(ctx, v, err, "expected a resource name", full, NULL);
+		cleanup_error struct vg_error *inner = NULL;
+		if (strchr(name, '/') != NULL ? vg_resource_name_check(name, &inner) < 0
+					      : !qualified_name_ok(name, strlen(name)))
+			return fail_at(
+				ctx, v, err, NULL, full,
+				inner ? inner->msg
+				      : "a name without a domain must be 1 to 63 letters, "
+					"digits, '-', '_' or '.', starting and ending with a "
+					"letter or digit");
+		for (size_t i = 0; i < config->n_resource_aliases; i++)
+			if (strcasecmp(config->resource_aliases[i].model, model) == 0)
+				return fail_at(ctx, k, err, "the model is listed twice", full,
+					       NULL);
+		strcpy(alias->model, model);
+		strcpy(alias->name, name);
+		config->n_resource_aliases++;
+	}
+	return 0;
+}
+
 static int apply_key(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
 		     struct vg_error **err)
 {
@@ -227,6 +382,12 @@ static int apply_key(struct parse_ctx *ctx, const struct key_spec *spec, yaml_no
 		return parse_bool(ctx, spec->name, value, field, err);
 	case KEY_FILTER:
 		return parse_filter(ctx, value, field, err);
+	case KEY_RESOURCE_NAME:
+		return parse_resource_name(ctx, spec, value, field, err);
+	case KEY_RESOURCE_NAMING:
+		return parse_resource_naming(ctx, spec, value, field, err);
+	case KEY_RESOURCE_ALIASES:
+		return parse_resource_aliases(ctx, value, ctx->config, err);
 	case KEY_LOG_FORMAT:
 	case KEY_LOG_LEVEL:
 		return parse_enum(ctx, spec, value, err);
@@ -280,6 +441,10 @@ void vg_config_defaults(struct vg_config *config)
 	config->qemu_gid = -1;
 	config->health_interval_s = 5;
 	config->ready_timeout_s = 120;
+	strcpy(config->kubelet_dir, "/var/lib/kubelet/device-plugins");
+	strcpy(config->pod_resources_socket, "/var/lib/kubelet/pod-resources/kubelet.sock");
+	config->resource_naming = VG_RESOURCE_SINGLE;
+	strcpy(config->resource_name, "nvidia.com/gpu");
 	config->log_format = VG_LOG_TEXT;
 	config->log_level = VG_LOG_INFO;
 }

@@ -13,6 +13,22 @@ struct vg_error;
 
 #define VG_DEFAULT_CONFIG_PATH "/etc/vmgpu/config.yaml"
 
+/* A kubelet extended resource name, "domain/name": at most 253 + 1 + 63 characters. */
+#define VG_RESOURCE_NAME_MAX 320
+#define VG_MAX_RESOURCE_ALIASES 16
+
+enum vg_resource_naming {
+	VG_RESOURCE_SINGLE,    /* every GPU under resource_name */
+	VG_RESOURCE_PER_MODEL, /* "<domain of resource_name>/<model from pci.ids>", or an alias */
+};
+
+/* resource_aliases: a GPU model (its pci.ids name as a resource name, GH100_H100_SXM5_80GB, or
+ * its "vendor:device" ids) and the resource it is advertised under instead. */
+struct vg_resource_alias {
+	char model[96];
+	char name[VG_RESOURCE_NAME_MAX]; /* "domain/name", or "name" in resource_name's domain */
+};
+
 struct vg_config {
 	char sysfs_root[PATH_MAX];
 	char dev_root[PATH_MAX];
@@ -36,6 +52,13 @@ struct vg_config {
 	long long qemu_gid;
 	long long health_interval_s;
 	long long ready_timeout_s;
+	/* Kubernetes: the device plugin and PodResources (docs/kubernetes.md). */
+	char kubelet_dir[PATH_MAX];	/* "": no device plugin */
+	char pod_resources_socket[108]; /* "": RunPodSandbox does not ask the kubelet */
+	enum vg_resource_naming resource_naming;
+	char resource_name[VG_RESOURCE_NAME_MAX];
+	struct vg_resource_alias resource_aliases[VG_MAX_RESOURCE_ALIASES];
+	size_t n_resource_aliases;
 	enum vg_log_format log_format;
 	enum vg_log_level log_level;
 };
@@ -44,5 +67,8 @@ void vg_config_defaults(struct vg_config *config);
 /* Applies the file over the current values. A missing file is an error unless optional. */
 int vg_config_load_file(struct vg_config *config, const char *path, bool optional,
 			struct vg_error **err);
+/* Whether text is a resource name the kubelet accepts from a device plugin: "domain/name" with
+ * a DNS subdomain outside kubernetes.io and a qualified name of at most 63 characters. */
+int vg_resource_name_check(const char *text, struct vg_error **err);
 int vg_config_load_string(struct vg_config *config, const char *text, size_t len,
 			  const char *origin, struct vg_error **err);

@@ -86,12 +86,69 @@ static void errors_name_the_key_and_line(void **state)
 		     "config.yaml:1: socket: path is too long");
 }
 
+static void kubelet_keys_default_and_load(void **state)
+{
+	(void)state;
+	struct vg_config config;
+	assert_null(load(&config, ""));
+	assert_string_equal(config.kubelet_dir, "/var/lib/kubelet/device-plugins");
+	assert_string_equal(config.pod_resources_socket,
+			    "/var/lib/kubelet/pod-resources/kubelet.sock");
+	assert_int_equal(config.resource_naming, VG_RESOURCE_SINGLE);
+	assert_string_equal(config.resource_name, "nvidia.com/gpu");
+	assert_int_equal(config.n_resource_aliases, 0);
+
+	struct vg_error *err = load(&config, "kubelet_dir: /tmp/k/device-plugins\n"
+					     "pod_resources_socket: \"\"\n"
+					     "resource_naming: per-model\n"
+					     "resource_name: example.com/accel\n"
+					     "resource_aliases:\n"
+					     "  GH100_H100_SXM5_80GB: h100\n"
+					     "  \"10de:2331\": nvidia.com/H100_PCIe\n");
+	assert_null(err);
+	assert_string_equal(config.kubelet_dir, "/tmp/k/device-plugins");
+	assert_string_equal(config.pod_resources_socket, "");
+	assert_int_equal(config.resource_naming, VG_RESOURCE_PER_MODEL);
+	assert_string_equal(config.resource_name, "example.com/accel");
+	assert_int_equal(config.n_resource_aliases, 2);
+	assert_string_equal(config.resource_aliases[0].model, "GH100_H100_SXM5_80GB");
+	assert_string_equal(config.resource_aliases[0].name, "h100");
+	assert_string_equal(config.resource_aliases[1].model, "10de:2331");
+	assert_string_equal(config.resource_aliases[1].name, "nvidia.com/H100_PCIe");
+}
+
+static void kubelet_keys_are_checked(void **state)
+{
+	(void)state;
+	assert_error("resource_naming: per-gpu\n",
+		     "config.yaml:1: resource_naming: expected single or per-model");
+	assert_error("resource_name: gpu\n", "resource_name: 'gpu' is not of the form domain/name");
+	assert_error("resource_name: a/b/c\n", "is not of the form domain/name");
+	assert_error("resource_name: NVIDIA.com/gpu\n", "the domain must be a lowercase DNS name");
+	assert_error("resource_name: kubernetes.io/gpu\n", "reserved for native resources");
+	assert_error("resource_name: x.kubernetes.io/gpu\n", "reserved for native resources");
+	assert_error("resource_name: nvidia.com/-gpu\n", "the name must be 1 to 63");
+	assert_error("resource_name: nvidia.com/\n", "the name must be 1 to 63");
+	assert_error("resource_aliases: [a]\n", "resource_aliases: expected a mapping");
+	assert_error("resource_aliases:\n  H100: \"bad name\"\n",
+		     "config.yaml:2: resource_aliases.H100: a name without a domain must be");
+	assert_error("resource_aliases:\n  H100: Example.com/h100\n",
+		     "config.yaml:2: resource_aliases.H100: 'Example.com/h100': the domain");
+	assert_error("resource_aliases:\n  H100: a\n  h100: b\n",
+		     "config.yaml:3: resource_aliases.h100: the model is listed twice");
+	assert_error("pod_resources_socket: /var/lib/kubelet/this/path/is/much/too/long/for/a/unix/"
+		     "socket/because/sun_path/holds/only/one/hundred/and/eight/bytes.sock\n",
+		     "pod_resources_socket: path is too long");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(defaults_select_nvidia_display_and_3d),
 		cmocka_unit_test(reads_every_key),
 		cmocka_unit_test(errors_name_the_key_and_line),
+		cmocka_unit_test(kubelet_keys_default_and_load),
+		cmocka_unit_test(kubelet_keys_are_checked),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
