@@ -9,12 +9,14 @@
 #include "lib/config.h"
 #include "lib/error.h"
 #include "lib/gpu_state.h"
+#include "lib/process.h"
 #include "lib/sysfs.h"
 
 const char *vg_device_table_state(const struct vg_device_table *table, size_t pos)
 {
 	const struct vg_gpu *gpu = &table->scan.inventory->gpus[pos];
-	if (gpu->state == VG_GPU_AVAILABLE && table->owner[pos][0] != '\0')
+	if (gpu->state == VG_GPU_AVAILABLE &&
+	    (table->owner[pos][0] != '\0' || table->kubelet[pos].held))
 		return "allocated";
 	return vg_gpu_state_name(gpu->state);
 }
@@ -43,13 +45,19 @@ bool vg_device_table_refresh(struct vg_device_table *table)
 		v->name = gpu->name;
 		v->vendor_id = gpu->fn.vendor_id;
 		v->device_id = gpu->fn.device_id;
-		v->free = gpu->state == VG_GPU_AVAILABLE && table->owner[i][0] == '\0';
+		const struct vg_kubelet_hold *hold = &table->kubelet[i];
+		v->free =
+			gpu->state == VG_GPU_AVAILABLE && table->owner[i][0] == '\0' && !hold->held;
 		if (v->free) {
 			v->why_not_free = NULL;
 		} else {
 			if (table->owner[i][0] != '\0')
 				snprintf(table->why[i], sizeof(table->why[i]),
 					 "allocated to sandbox %s", table->owner[i]);
+			else if (hold->held && gpu->state == VG_GPU_AVAILABLE)
+				snprintf(table->why[i], sizeof(table->why[i]),
+					 "allocated by the kubelet to %s%.270s",
+					 hold->pod[0] ? "pod " : "a pod not yet known", hold->pod);
 			else
 				snprintf(table->why[i], sizeof(table->why[i]), "%s: %s",
 					 vg_gpu_state_name(gpu->state),
@@ -60,6 +68,8 @@ bool vg_device_table_refresh(struct vg_device_table *table)
 		hash = mix(hash, vg_device_table_state(table, i));
 		hash = mix(hash, gpu->n_reasons ? gpu->reasons[0] : "");
 		hash = mix(hash, table->owner[i]);
+		hash = mix(hash, hold->held ? "kubelet" : "");
+		hash = mix(hash, hold->pod);
 		hash = mix(hash, gpu->fn.driver);
 	}
 	if (hash == table->fingerprint && table->generation > 0)
@@ -98,10 +108,12 @@ int vg_device_table_install(struct vg_device_table *table, struct vg_node_scan *
 {
 	size_t n = scan->inventory->n_gpus;
 	char(*owner)[VG_OWNER_MAX] = calloc(n ? n : 1, sizeof(*owner));
+	struct vg_kubelet_hold *kubelet = calloc(n ? n : 1, sizeof(*kubelet));
 	struct vg_alloc_device *view = calloc(n ? n : 1, sizeof(*view));
 	char(*why)[320] = calloc(n ? n : 1, sizeof(*why));
-	if (owner == NULL || view == NULL || why == NULL) {
+	if (owner == NULL || kubelet == NULL || view == NULL || why == NULL) {
 		free(owner);
+		free(kubelet);
 		free(view);
 		free(why);
 		vg_node_scan_clear(scan);
@@ -112,16 +124,20 @@ int vg_device_table_install(struct vg_device_table *table, struct vg_node_scan *
 		int old = table->scan.inventory
 				  ? vg_device_table_find(table, scan->inventory->gpus[i].fn.bdf)
 				  : -1;
-		if (old >= 0)
+		if (old >= 0) {
 			memcpy(owner[i], table->owner[old], VG_OWNER_MAX);
+			kubelet[i] = table->kubelet[old];
+		}
 	}
 	vg_node_scan_clear(&table->scan);
 	free(table->owner);
+	free(table->kubelet);
 	free(table->view);
 	free(table->why);
 	table->scan = *scan;
 	memset(scan, 0, sizeof(*scan));
 	table->owner = owner;
+	table->kubelet = kubelet;
 	table->view = view;
 	table->why = why;
 	vg_device_table_refresh(table);
@@ -146,6 +162,7 @@ void vg_device_table_clear(struct vg_device_table *table)
 {
 	vg_node_scan_clear(&table->scan);
 	free(table->owner);
+	free(table->kubelet);
 	free(table->view);
 	free(table->why);
 	memset(table, 0, sizeof(*table));
@@ -171,4 +188,21 @@ void vg_device_table_release(struct vg_device_table *table, const char *sandbox_
 	for (size_t i = 0; inv && i < inv->n_gpus; i++)
 		if (strcmp(table->owner[i], sandbox_id) == 0)
 			table->owner[i][0] = '\0';
+}
+
+void vg_device_table_hold_for_kubelet(struct vg_device_table *table, size_t pos, const char *pod,
+				      bool listed)
+{
+	struct vg_kubelet_hold *hold = &table->kubelet[pos];
+	if (!listed)
+		hold->since_ns = vg_monotonic_ns();
+	hold->held = true;
+	hold->listed = listed; /* a new Allocate starts a new grace, even for a listed GPU */
+	/* An Allocate names no pod: the next List does. */
+	snprintf(hold->pod, sizeof(hold->pod), "%s", pod ? pod : "");
+}
+
+void vg_device_table_drop_kubelet_hold(struct vg_device_table *table, size_t pos)
+{
+	memset(&table->kubelet[pos], 0, sizeof(table->kubelet[pos]));
 }

@@ -12,10 +12,21 @@ struct vg_config;
 struct vg_error;
 
 #define VG_OWNER_MAX 65
+#define VG_KUBELET_POD_MAX 512 /* "namespace/name" */
+
+/* A GPU the kubelet handed to a pod (seen in Allocate or in PodResources): our own API must not
+ * hand it out as well. */
+struct vg_kubelet_hold {
+	bool held;
+	bool listed;	  /* PodResources listed it: cleared as soon as a List misses it */
+	int64_t since_ns; /* CLOCK_MONOTONIC of the Allocate that marked it */
+	char pod[VG_KUBELET_POD_MAX]; /* "" until PodResources names the pod */
+};
 
 struct vg_device_table {
 	struct vg_node_scan scan; /* host checks and the inventory with states and reasons */
 	char (*owner)[VG_OWNER_MAX]; /* per GPU: the sandbox holding it, "" when none */
+	struct vg_kubelet_hold *kubelet; /* per GPU */
 	uint64_t generation; /* bumped whenever anything a client sees changes */
 	uint64_t fingerprint;
 	/* For the allocator: a view per GPU, and the text of why each one is not free. */
@@ -39,7 +50,13 @@ int vg_device_table_find(const struct vg_device_table *table, const char *bdf);
 void vg_device_table_set_owner(struct vg_device_table *table, size_t pos, const char *sandbox_id);
 /* Frees every GPU held by this sandbox. */
 void vg_device_table_release(struct vg_device_table *table, const char *sandbox_id);
-/* The state a client sees: "allocated" while a sandbox holds an otherwise available GPU. */
+/* Marks a GPU as the kubelet's; pod is "namespace/name", or NULL when not known (Allocate).
+ * listed says the mark came from PodResources. */
+void vg_device_table_hold_for_kubelet(struct vg_device_table *table, size_t pos, const char *pod,
+				      bool listed);
+void vg_device_table_drop_kubelet_hold(struct vg_device_table *table, size_t pos);
+/* The state a client sees: "allocated" while a sandbox or the kubelet holds an otherwise
+ * available GPU. */
 const char *vg_device_table_state(const struct vg_device_table *table, size_t pos);
 /* Rebuilds the allocator's view and bumps the generation if anything visible changed.
  * Returns true when it did. */
