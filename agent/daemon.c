@@ -14,6 +14,7 @@
 
 #include "agent/cri_service.h"
 #include "agent/device_table.h"
+#include "agent/deviceplugin.h"
 #include "agent/inventory_service.h"
 #include "agent/sandboxes.h"
 #include "lib/cleanup.h"
@@ -28,6 +29,7 @@ struct agent {
 	struct vg_device_table devices;
 	struct vg_sandboxes sandboxes;
 	struct vg_inventory_service *inventory;
+	struct vg_device_plugin *plugin; /* NULL when kubelet_dir is "" */
 	int signal_fd;
 	/* GPU rescans run on their own thread so a slow sysfs never stalls the gRPC loop; the
 	 * result is handed over under the mutex and installed on the loop thread. */
@@ -47,6 +49,7 @@ static void on_change(void *ctx)
 	struct agent *agent = ctx;
 	vg_device_table_refresh(&agent->devices);
 	vg_inventory_service_publish(agent->inventory);
+	vg_device_plugin_publish(agent->plugin);
 }
 
 static void *health_main(void *arg)
@@ -137,6 +140,7 @@ static void on_signal(void *ctx, int fd)
 		}
 		vg_info("signal %u: shutting down; sandboxes keep running", info.ssi_signo);
 		/* Answer waiting callers while the server can still send a status. */
+		vg_device_plugin_stop(agent->plugin);
 		vg_sandboxes_detach(&agent->sandboxes);
 		vg_grpc_loop_stop(agent->loop);
 	}
@@ -200,6 +204,10 @@ static int start(struct agent *agent, struct vg_error **err)
 	if (pthread_create(&agent->health_thread, NULL, health_main, agent) != 0)
 		return vg_error_set(err, EAGAIN, "cannot start the GPU health thread");
 	agent->health_started = true;
+	ret = vg_device_plugin_start(config, agent->loop, &agent->devices, on_change, agent,
+				     &agent->plugin, err);
+	if (ret < 0)
+		return vg_error_prefix(err, "device plugin");
 	size_t n_gpus = agent->devices.scan.inventory->n_gpus, n_sandboxes = 0;
 	for (struct vg_sandbox *sb = agent->sandboxes.list; sb; sb = sb->next)
 		n_sandboxes++;
@@ -221,6 +229,7 @@ int vg_agent_serve(const struct vg_config *config, struct vg_error **err)
 	/* Shims and VMs stay: a restarted agent adopts them from the state directory. */
 	vg_sandboxes_detach(&agent.sandboxes);
 	vg_inventory_service_free(agent.inventory);
+	vg_device_plugin_free(agent.plugin);
 	vg_grpc_loop_free(agent.loop);
 	vg_device_table_clear(&agent.devices);
 	if (agent.signal_fd >= 0)

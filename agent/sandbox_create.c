@@ -4,12 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent/allocator.h"
 #include "agent/crash_point.h"
 #include "agent/gpu_request.h"
+#include "agent/podresources.h"
 #include "agent/sandbox_record.h"
 #include "agent/sandboxes-priv.h"
 #include "lib/atomic_file.h"
@@ -200,32 +202,184 @@ static void abandon(struct vg_sandboxes *mgr, struct vg_sandbox *sb)
 	free(sb);
 }
 
-int vg_sandboxes_run(struct vg_sandboxes *mgr, const struct vg_sb_run_request *req,
-		     vg_sb_done_fn done, void *ctx, struct vg_error **err)
-{
-	struct vg_kv kv[128];
-	size_t n_kv;
+/* ---- the kubelet's choice (PodResources) ---- */
+
+/* A RunPodSandbox for a pod, waiting for the kubelet to say which GPUs it gave the pod. */
+struct vg_pod_lookup {
+	struct vg_pod_lookup *next;
+	struct vg_sandboxes *mgr; /* NULL once cancelled: done() was called already */
+	char name[254], uid[128], pod_namespace[254], runtime_handler[64];
+	uint32_t attempt;
+	json_object *labels, *annotations;
 	struct vg_gpu_request gpu_req;
 	struct vg_vm_shape vm;
-	json_object *annotations = req->annotations ? req->annotations : NULL;
-	int ret = annotations ? collect_annotations(annotations, kv, VG_ARRAY_SIZE(kv), &n_kv, err)
-			      : (n_kv = 0, 0);
-	if (ret == 0)
-		ret = vg_sandbox_request_parse(kv, n_kv, &gpu_req, &vm, err);
-	if (ret == 0)
-		ret = check_request(mgr, req, &vm, err);
+	vg_sb_done_fn done;
+	void *ctx;
+};
+
+static void pod_lookup_free(struct vg_pod_lookup *lookup)
+{
+	json_object_put(lookup->labels);
+	json_object_put(lookup->annotations);
+	free(lookup);
+}
+
+static void pod_lookup_unlink(struct vg_sandboxes *mgr, struct vg_pod_lookup *lookup)
+{
+	for (struct vg_pod_lookup **link = &mgr->lookups; *link; link = &(*link)->next) {
+		if (*link == lookup) {
+			*link = lookup->next;
+			return;
+		}
+	}
+}
+
+void vg_sandboxes_cancel_lookups(struct vg_sandboxes *mgr)
+{
+	while (mgr->lookups != NULL) {
+		struct vg_pod_lookup *lookup = mgr->lookups;
+		mgr->lookups = lookup->next;
+		lookup->mgr =
+			NULL; /* freed when PodResources answers (the loop cancels the call) */
+		cleanup_error struct vg_error *err = NULL;
+		vg_error_set(&err, ECANCELED,
+			     "the agent is shutting down before pod %s/%s got a "
+			     "sandbox",
+			     lookup->pod_namespace, lookup->name);
+		lookup->done(lookup->ctx, NULL, err);
+	}
+}
+
+static void join_ids(const struct vg_pod_gpus *gpus, char *out, size_t size)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	for (size_t i = 0; i < gpus->n && used < size; i++)
+		used += (size_t)snprintf(out + used, size - used, "%s%s", i ? "," : "",
+					 gpus->items[i].id);
+}
+
+/* The annotations may repeat the kubelet's choice but not contradict it. */
+static int check_annotations_agree(const struct vg_device_table *table,
+				   const struct vg_gpu_request *req, const struct vg_pod_gpus *gpus,
+				   const char *ids, struct vg_error **err)
+{
+	const char *pod = gpus->items[0].pod;
+	const struct vg_inventory *inv = table->scan.inventory;
+	switch (req->kind) {
+	case VG_REQ_NONE:
+		return 0;
+	case VG_REQ_COUNT:
+	case VG_REQ_SELECTOR:
+		if (req->count != gpus->n)
+			return vg_error_set(err, EINVAL,
+					    "%s asks for %u GPU(s) but the kubelet gave pod %s %zu "
+					    "(%s): drop the annotation or make it agree",
+					    req->any ? "vmgpu.io/gpu=any" : "vmgpu.io/gpu-count",
+					    req->count, pod, gpus->n, ids);
+		for (size_t i = 0; req->kind == VG_REQ_SELECTOR && i < gpus->n; i++)
+			if (!vg_selector_matches(&req->selector, &table->view[gpus->items[i].pos]))
+				return vg_error_set(
+					err, EINVAL,
+					"GPU %s, which the kubelet gave pod %s, does not "
+					"match vmgpu.io/gpu-selector %s",
+					gpus->items[i].id, pod, req->selector.text);
+		return 0;
+	case VG_REQ_DEVICES:
+		for (size_t i = 0; i < req->n_devices; i++) {
+			const struct vg_gpu_ref *ref = &req->devices[i];
+			bool given = false;
+			for (size_t j = 0; j < gpus->n && !given; j++) {
+				const struct vg_gpu *gpu = &inv->gpus[gpus->items[j].pos];
+				given = ref->is_index ? gpu->index >= 0 &&
+								(unsigned)gpu->index == ref->index
+						      : strcasecmp(gpu->fn.bdf, ref->text) == 0;
+			}
+			if (!given || req->n_devices != gpus->n)
+				return vg_error_set(
+					err, EINVAL,
+					"vmgpu.io/gpu-devices names %s but the kubelet gave "
+					"pod %s exactly %s: drop the annotation or make it "
+					"agree",
+					ref->text, pod, ids);
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* The GPUs the kubelet gave the pod, checked and in table order; marked as the kubelet's. */
+static int take_pod_gpus(struct vg_sandboxes *mgr, const struct vg_gpu_request *req,
+			 const struct vg_pod_gpus *gpus, size_t *chosen, size_t *n_chosen,
+			 struct vg_error **err)
+{
+	struct vg_device_table *table = mgr->devices;
+	const char *pod = gpus->items[0].pod;
+	char ids[VG_REQ_MAX_GPUS * VG_BDF_STRLEN + 64];
+	join_ids(gpus, ids, sizeof(ids));
+	if (gpus->n > VG_REQ_MAX_GPUS)
+		return vg_error_set(err, EINVAL,
+				    "the kubelet gave pod %s %zu GPUs; a sandbox takes "
+				    "at most %d",
+				    pod, gpus->n, VG_REQ_MAX_GPUS);
+	for (size_t i = 0; i < gpus->n; i++)
+		if (gpus->items[i].pos < 0)
+			return vg_error_set(err, ENOENT,
+					    "the kubelet gave pod %s device %s of %s, which is not "
+					    "a GPU of this node (any more)",
+					    pod, gpus->items[i].id, gpus->items[i].resource);
+	int ret = check_annotations_agree(table, req, gpus, ids, err);
 	if (ret < 0)
 		return ret;
+	for (size_t i = 0; i < gpus->n; i++) {
+		size_t pos = (size_t)gpus->items[i].pos;
+		const struct vg_gpu *gpu = &table->scan.inventory->gpus[pos];
+		if (table->owner[pos][0] != '\0')
+			return vg_error_set(err, EBUSY,
+					    "GPU %s, which the kubelet gave pod %s, is "
+					    "allocated to sandbox %s",
+					    gpu->fn.bdf, pod, table->owner[pos]);
+		if (gpu->state != VG_GPU_AVAILABLE)
+			return vg_error_set(err, EBUSY,
+					    "GPU %s, which the kubelet gave pod %s, is "
+					    "%s: %s",
+					    gpu->fn.bdf, pod, vg_gpu_state_name(gpu->state),
+					    gpu->n_reasons ? gpu->reasons[0]
+							   : "no reason recorded");
+		/* In table order, which is the order vg_allocate answers in too. */
+		size_t at = i;
+		while (at > 0 && chosen[at - 1] > pos) {
+			chosen[at] = chosen[at - 1];
+			at--;
+		}
+		chosen[at] = pos;
+	}
+	*n_chosen = gpus->n;
+	for (size_t i = 0; i < gpus->n; i++)
+		vg_device_table_hold_for_kubelet(table, (size_t)gpus->items[i].pos, pod, true);
+	vg_info("pod %s: taking the GPUs the kubelet gave it: %s", pod, ids);
+	return 0;
+}
 
+/* ---- creating ---- */
+
+static int create_sandbox(struct vg_sandboxes *mgr, const struct vg_sb_run_request *req,
+			  const struct vg_gpu_request *gpu_req, const struct vg_vm_shape *vm,
+			  const struct vg_pod_gpus *pod_gpus, vg_sb_done_fn done, void *ctx,
+			  struct vg_error **err)
+{
 	/* Allocation and ownership happen with no yield in between: the loop is single-threaded. */
 	size_t chosen[VG_REQ_MAX_GPUS], n_chosen = 0;
 	const struct vg_inventory *inv = mgr->devices->scan.inventory;
-	ret = vg_allocate(mgr->devices->view, inv->n_gpus, &gpu_req, chosen, &n_chosen, err);
+	int ret = pod_gpus != NULL && pod_gpus->n > 0
+			  ? take_pod_gpus(mgr, gpu_req, pod_gpus, chosen, &n_chosen, err)
+			  : vg_allocate(mgr->devices->view, inv->n_gpus, gpu_req, chosen, &n_chosen,
+					err);
 	if (ret < 0)
 		return ret;
 	vg_crash_point("after-allocate");
 	uint32_t subnet = 0;
-	bool has_net = vm.network == VG_VM_NETWORK_TAP;
+	bool has_net = vm->network == VG_VM_NETWORK_TAP;
 	if (has_net && (ret = pick_subnet(mgr, &subnet, err)) < 0)
 		return ret;
 
@@ -266,7 +420,8 @@ int vg_sandboxes_run(struct vg_sandboxes *mgr, const struct vg_sb_run_request *r
 	}
 	/* The record is durable before any side effect, so a crash from here on is repairable. */
 	if ((ret = vg_sandbox_record_save(sb, err)) < 0 ||
-	    (vg_crash_point("after-record"), ret = write_spec(mgr, sb, &vm, chosen, n_chosen, err)) < 0 ||
+	    (vg_crash_point("after-record"), ret = write_spec(mgr, sb, vm, chosen, n_chosen, err)) <
+		    0 ||
 	    (vg_crash_point("after-spec"), ret = vg_sandbox_launch(sb, done, ctx, err)) < 0) {
 		abandon(mgr, sb);
 		return ret;
@@ -276,4 +431,100 @@ int vg_sandboxes_run(struct vg_sandboxes *mgr, const struct vg_sb_run_request *r
 	if (mgr->on_change)
 		mgr->on_change(mgr->on_change_ctx);
 	return 0;
+}
+
+static void on_pod_gpus(void *ctx, const struct vg_pod_gpus *gpus, const struct vg_error *err)
+{
+	struct vg_pod_lookup *lookup = ctx;
+	struct vg_sandboxes *mgr = lookup->mgr;
+	if (mgr == NULL) { /* cancelled: the caller has its answer */
+		pod_lookup_free(lookup);
+		return;
+	}
+	pod_lookup_unlink(mgr, lookup);
+	cleanup_error struct vg_error *fail = NULL;
+	if (err != NULL && err->code == ENOENT) {
+		/* No kubelet answers, so none is handing out GPUs now; the holds in the table
+		 * still keep what it gave earlier. */
+		vg_warn("pod %s/%s: %s; using its annotations", lookup->pod_namespace, lookup->name,
+			err->msg);
+		gpus = NULL;
+	} else if (err != NULL) {
+		vg_error_set(&fail, err->code,
+			     "cannot learn which GPUs the kubelet gave pod %s/%s: %s",
+			     lookup->pod_namespace, lookup->name, err->msg);
+	}
+	struct vg_sb_run_request req = {
+		.name = lookup->name,
+		.uid = lookup->uid,
+		.pod_namespace = lookup->pod_namespace,
+		.attempt = lookup->attempt,
+		.runtime_handler = lookup->runtime_handler,
+		.labels = lookup->labels,
+		.annotations = lookup->annotations,
+	};
+	if (fail == NULL)
+		create_sandbox(mgr, &req, &lookup->gpu_req, &lookup->vm, gpus, lookup->done,
+			       lookup->ctx, &fail);
+	if (fail != NULL)
+		lookup->done(lookup->ctx, NULL, fail);
+	pod_lookup_free(lookup);
+}
+
+static int ask_kubelet(struct vg_sandboxes *mgr, const struct vg_sb_run_request *req,
+		       const struct vg_gpu_request *gpu_req, const struct vg_vm_shape *vm,
+		       vg_sb_done_fn done, void *ctx, struct vg_error **err)
+{
+	struct vg_pod_lookup *lookup = calloc(1, sizeof(*lookup));
+	if (lookup == NULL)
+		return vg_error_set(err, ENOMEM, "out of memory");
+	lookup->mgr = mgr;
+	snprintf(lookup->name, sizeof(lookup->name), "%s", req->name);
+	snprintf(lookup->uid, sizeof(lookup->uid), "%s", req->uid);
+	snprintf(lookup->pod_namespace, sizeof(lookup->pod_namespace), "%s", req->pod_namespace);
+	snprintf(lookup->runtime_handler, sizeof(lookup->runtime_handler), "%s",
+		 req->runtime_handler ? req->runtime_handler : "");
+	lookup->attempt = req->attempt;
+	json_object_deep_copy(req->labels, &lookup->labels, NULL);
+	json_object_deep_copy(req->annotations, &lookup->annotations, NULL);
+	lookup->gpu_req = *gpu_req;
+	lookup->vm = *vm;
+	lookup->done = done;
+	lookup->ctx = ctx;
+	int ret = vg_podresources_pod_gpus(mgr->loop, mgr->config, mgr->devices,
+					   lookup->pod_namespace, lookup->name, on_pod_gpus, lookup,
+					   err);
+	if (ret < 0) {
+		pod_lookup_free(lookup);
+		return vg_error_prefix(err, "asking the kubelet which GPUs pod %s/%s has",
+				       req->pod_namespace, req->name);
+	}
+	lookup->next = mgr->lookups;
+	mgr->lookups = lookup;
+	return 0;
+}
+
+int vg_sandboxes_run(struct vg_sandboxes *mgr, const struct vg_sb_run_request *req,
+		     vg_sb_done_fn done, void *ctx, struct vg_error **err)
+{
+	struct vg_kv kv[128];
+	size_t n_kv;
+	struct vg_gpu_request gpu_req;
+	struct vg_vm_shape vm;
+	json_object *annotations = req->annotations ? req->annotations : NULL;
+	int ret = annotations ? collect_annotations(annotations, kv, VG_ARRAY_SIZE(kv), &n_kv, err)
+			      : (n_kv = 0, 0);
+	if (ret == 0)
+		ret = vg_sandbox_request_parse(kv, n_kv, &gpu_req, &vm, err);
+	if (ret == 0)
+		ret = check_request(mgr, req, &vm, err);
+	if (ret < 0)
+		return ret;
+	/* A pod the kubelet runs: its GPUs are the ones the kubelet allocated, so ask it first
+	 * and continue when it answers. */
+	bool names_pod = req->name && req->name[0] && req->pod_namespace && req->pod_namespace[0] &&
+			 req->uid && req->uid[0];
+	if (names_pod && vg_podresources_socket_present(mgr->config->pod_resources_socket))
+		return ask_kubelet(mgr, req, &gpu_req, &vm, done, ctx, err);
+	return create_sandbox(mgr, req, &gpu_req, &vm, NULL, done, ctx, err);
 }

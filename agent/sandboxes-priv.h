@@ -14,3 +14,5 @@ int vg_sandbox_stop(struct vg_sandbox *sb, bool then_remove, vg_sb_done_fn done,
  * table, kill a QEMU that somehow outlived it. Idempotent; logs what it could not do. */
 void vg_sandbox_repair(struct vg_sandboxes *mgr, struct vg_sandbox *sb);
 int vg_sandbox_remove_dir(const char *dir, struct vg_error **err);
+/* RunPodSandbox calls still waiting for PodResources get done() with ECANCELED. */
+void vg_sandboxes_cancel_lookups(struct vg_sandboxes *mgr);

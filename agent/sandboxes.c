@@ -380,6 +380,7 @@ struct vg_sandbox *vg_sandboxes_find(struct vg_sandboxes *mgr, const char *id)
 
 void vg_sandboxes_detach(struct vg_sandboxes *mgr)
 {
+	vg_sandboxes_cancel_lookups(mgr);
 	while (mgr->list != NULL) {
 		struct vg_sandbox *sb = mgr->list;
 		mgr->list = sb->next;

@@ -20,6 +20,7 @@ struct vg_grpc_loop;
 enum vg_sb_state { VG_SB_CREATING, VG_SB_READY, VG_SB_STOPPING, VG_SB_EXITED, VG_SB_FAILED };
 
 struct vg_sb_waiter; /* a caller waiting for ready, or for the shim to exit */
+struct vg_pod_lookup; /* a RunPodSandbox waiting for PodResources */
 
 struct vg_sandbox {
 	char id[65];
@@ -76,6 +77,7 @@ struct vg_sandboxes {
 	char root[3800]; /* <state_dir>/sandboxes */
 	char shim_binary[4096];
 	struct vg_sandbox *list;
+	struct vg_pod_lookup *lookups; /* RunPodSandbox calls waiting for the kubelet's answer */
 	void (*on_change)(void *ctx); /* GPU ownership or a sandbox's state changed */
 	void *on_change_ctx;
 };
@@ -97,7 +99,7 @@ int vg_sandboxes_remove(struct vg_sandboxes *mgr, const char *id, vg_sb_done_fn 
 			void *ctx, struct vg_error **err);
 struct vg_sandbox *vg_sandboxes_find(struct vg_sandboxes *mgr, const char *id);
 /* Drops in-memory state without touching shims: the agent is going away, the sandboxes stay.
- * Waiters get done() with ECANCELED. */
+ * Waiters, and RunPodSandbox calls still waiting for PodResources, get done() with ECANCELED. */
 void vg_sandboxes_detach(struct vg_sandboxes *mgr);
 
 const char *vg_sb_state_name(enum vg_sb_state state);
