@@ -16,6 +16,7 @@
 #include "agent/device_table.h"
 #include "agent/deviceplugin.h"
 #include "agent/inventory_service.h"
+#include "agent/kube_sync.h"
 #include "agent/sandboxes.h"
 #include "lib/cleanup.h"
 #include "lib/config.h"
@@ -30,6 +31,7 @@ struct agent {
 	struct vg_sandboxes sandboxes;
 	struct vg_inventory_service *inventory;
 	struct vg_device_plugin *plugin; /* NULL when kubelet_dir is "" */
+	struct vg_kube_sync *kube; /* NULL when Kubernetes is off */
 	int signal_fd;
 	/* GPU rescans run on their own thread so a slow sysfs never stalls the gRPC loop; the
 	 * result is handed over under the mutex and installed on the loop thread. */
@@ -50,6 +52,7 @@ static void on_change(void *ctx)
 	vg_device_table_refresh(&agent->devices);
 	vg_inventory_service_publish(agent->inventory);
 	vg_device_plugin_publish(agent->plugin);
+	vg_kube_sync_observe(agent->kube, &agent->devices, &agent->sandboxes);
 }
 
 static void *health_main(void *arg)
@@ -208,6 +211,11 @@ static int start(struct agent *agent, struct vg_error **err)
 				     &agent->plugin, err);
 	if (ret < 0)
 		return vg_error_prefix(err, "device plugin");
+	/* The API server is optional: a bad setting or an absent server never stops serving. */
+	cleanup_error struct vg_error *kube_err = NULL;
+	if (vg_kube_sync_start(config, &agent->kube, &kube_err) < 0)
+		vg_err("Kubernetes API disabled: %s", kube_err->msg);
+	vg_kube_sync_observe(agent->kube, &agent->devices, &agent->sandboxes);
 	size_t n_gpus = agent->devices.scan.inventory->n_gpus, n_sandboxes = 0;
 	for (struct vg_sandbox *sb = agent->sandboxes.list; sb; sb = sb->next)
 		n_sandboxes++;
@@ -226,6 +234,7 @@ int vg_agent_serve(const struct vg_config *config, struct vg_error **err)
 	if (ret == 0)
 		ret = vg_grpc_loop_run(agent.loop, err);
 	stop_health_thread(&agent);
+	vg_kube_sync_stop(agent.kube);
 	/* Shims and VMs stay: a restarted agent adopts them from the state directory. */
 	vg_sandboxes_detach(&agent.sandboxes);
 	vg_inventory_service_free(agent.inventory);

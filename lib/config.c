@@ -70,6 +70,15 @@ static const struct key_spec top_keys[] = {
 	  sizeof(((struct vg_config *)0)->resource_name), 0, 0, NULL },
 	{ "resource_aliases", KEY_RESOURCE_ALIASES, offsetof(struct vg_config, resource_aliases), 0,
 	  0, 0, NULL },
+	{ "kube_enabled", KEY_WORD, offsetof(struct vg_config, kube_enabled),
+	  sizeof(((struct vg_config *)0)->kube_enabled), 0, 0, "auto true false" },
+	PATH_KEY(kubeconfig),
+	{ "node_name", KEY_WORD, offsetof(struct vg_config, node_name),
+	  sizeof(((struct vg_config *)0)->node_name), 0, 0, NULL },
+	{ "events_namespace", KEY_WORD, offsetof(struct vg_config, events_namespace),
+	  sizeof(((struct vg_config *)0)->events_namespace), 0, 0, NULL },
+	{ "resource_slices", KEY_BOOL, offsetof(struct vg_config, resource_slices), 0, 0, 0, NULL },
+	INT_KEY(label_interval_s, 10, 86400),
 	{ "allow_boot_vga", KEY_BOOL, offsetof(struct vg_config, allow_boot_vga), 0, 0, 0, NULL },
 	{ "gpu_filter", KEY_FILTER, offsetof(struct vg_config, filter), 0, 0, 0, NULL },
 	{ "log_format", KEY_LOG_FORMAT, offsetof(struct vg_config, log_format), 0, 0, 0, NULL },
@@ -445,6 +454,9 @@ void vg_config_defaults(struct vg_config *config)
 	strcpy(config->pod_resources_socket, "/var/lib/kubelet/pod-resources/kubelet.sock");
 	config->resource_naming = VG_RESOURCE_SINGLE;
 	strcpy(config->resource_name, "nvidia.com/gpu");
+	strcpy(config->kube_enabled, "auto");
+	strcpy(config->events_namespace, "default");
+	config->label_interval_s = 60;
 	config->log_format = VG_LOG_TEXT;
 	config->log_level = VG_LOG_INFO;
 }

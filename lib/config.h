@@ -59,6 +59,13 @@ struct vg_config {
 	char resource_name[VG_RESOURCE_NAME_MAX];
 	struct vg_resource_alias resource_aliases[VG_MAX_RESOURCE_ALIASES];
 	size_t n_resource_aliases;
+	/* The Kubernetes API: node labels, Events and a ResourceSlice (agent/kube_sync.c). */
+	char kube_enabled[8]; /* auto (when in a pod or given a kubeconfig), true or false */
+	char kubeconfig[PATH_MAX]; /* "": the pod's service account */
+	char node_name[254]; /* "": env NODE_NAME, else the host name */
+	char events_namespace[64];
+	bool resource_slices;
+	long long label_interval_s;
 	enum vg_log_format log_format;
 	enum vg_log_level log_level;
 };
