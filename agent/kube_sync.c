@@ -195,7 +195,7 @@ static void observe_sandboxes(struct vg_kube_sync *s, const struct vg_sandboxes 
 			snprintf(ev.uid, sizeof(ev.uid), "%s", sb->uid);
 		}
 		char gpus[16 * 14] = "none";
-		for (size_t i = 0, off = 0; i < sb->n_gpus; i++)
+		for (size_t i = 0, off = 0; i < sb->n_gpus && off < sizeof(gpus); i++)
 			off += (size_t)snprintf(gpus + off, sizeof(gpus) - off, "%s%s", i ? "," : "",
 						sb->gpus[i]);
 		snprintf(ev.message, sizeof(ev.message),
