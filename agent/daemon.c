@@ -62,7 +62,10 @@ static void *health_main(void *arg)
 	while (!agent->health_stop) {
 		struct timespec until;
 		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_sec += agent->config->health_interval_s;
+		long long interval_ns = (long long)(agent->config->health_interval_s * 1e9);
+		long long nsec = until.tv_nsec + interval_ns % 1000000000LL;
+		until.tv_sec += (time_t)(interval_ns / 1000000000LL + nsec / 1000000000LL);
+		until.tv_nsec = (long)(nsec % 1000000000LL);
 		while (!agent->health_stop && !agent->rescan_now &&
 		       pthread_cond_timedwait(&agent->health_cv, &agent->health_mu, &until) == 0)
 			;

@@ -21,6 +21,7 @@ enum key_kind {
 	KEY_FILTER,
 	KEY_INT,
 	KEY_WORD,
+	KEY_SECONDS,
 	KEY_RESOURCE_NAME,
 	KEY_RESOURCE_NAMING,
 	KEY_RESOURCE_ALIASES,
@@ -60,7 +61,8 @@ static const struct key_spec top_keys[] = {
 	INT_KEY(default_memory_mib, 64, 4194304),
 	INT_KEY(qemu_uid, -1, 4294967294LL),
 	INT_KEY(qemu_gid, -1, 4294967294LL),
-	INT_KEY(health_interval_s, 1, 3600),
+	{ "health_interval_s", KEY_SECONDS, offsetof(struct vg_config, health_interval_s), 0, 0, 3600,
+	  NULL },
 	INT_KEY(ready_timeout_s, 1, 3600),
 	PATH_KEY(kubelet_dir),
 	PATH_KEY(pod_resources_socket),
@@ -159,6 +161,25 @@ static int parse_int(struct parse_ctx *ctx, const struct key_spec *spec, yaml_no
 	if (v < spec->min || v > spec->max) {
 		char range[96];
 		snprintf(range, sizeof(range), "must be between %lld and %lld", spec->min, spec->max);
+		return fail_at(ctx, value, err, NULL, spec->name, range);
+	}
+	*out = v;
+	return 0;
+}
+
+/* Seconds with an optional fraction, at least 0.1. */
+static int parse_seconds(struct parse_ctx *ctx, const struct key_spec *spec, yaml_node_t *value,
+			 double *out, struct vg_error **err)
+{
+	const char *text = scalar_text(value);
+	char *end = NULL;
+	errno = 0;
+	double v = text ? strtod(text, &end) : 0;
+	if (text == NULL || text[0] == '\0' || *end != '\0' || errno != 0 || v != v)
+		return fail_at(ctx, value, err, "expected a number of seconds", spec->name, NULL);
+	if (v < 0.1 || v > (double)spec->max) {
+		char range[96];
+		snprintf(range, sizeof(range), "must be between 0.1 and %lld seconds", spec->max);
 		return fail_at(ctx, value, err, NULL, spec->name, range);
 	}
 	*out = v;
@@ -387,6 +408,8 @@ static int apply_key(struct parse_ctx *ctx, const struct key_spec *spec, yaml_no
 		return parse_int(ctx, spec, value, field, err);
 	case KEY_WORD:
 		return parse_word(ctx, spec, value, field, err);
+	case KEY_SECONDS:
+		return parse_seconds(ctx, spec, value, field, err);
 	case KEY_BOOL:
 		return parse_bool(ctx, spec->name, value, field, err);
 	case KEY_FILTER:

@@ -50,7 +50,7 @@ struct vg_config {
 	long long default_memory_mib;
 	long long qemu_uid; /* -1: QEMU runs as root (a stopgap) */
 	long long qemu_gid;
-	long long health_interval_s;
+	double health_interval_s; /* fractions allowed: tests rescan twice a second */
 	long long ready_timeout_s;
 	/* Kubernetes: the device plugin and PodResources (docs/kubernetes.md). */
 	char kubelet_dir[PATH_MAX];	/* "": no device plugin */

@@ -481,13 +481,14 @@ static int finish(struct shim *shim, struct vg_exit_record *rec)
 		fail(shim, reason);
 		vg_error_free(cleanup_err);
 	}
+	if (!shim->failed)
+		set_state(shim, VG_SANDBOX_EXITED, NULL);
+	/* The exit record comes last: whoever sees it may trust status.json to be final. */
 	rec->exited_ns = vg_now_ns();
 	snprintf(rec->reason, sizeof(rec->reason), "%s", shim->status.reason);
 	cleanup_error struct vg_error *err = NULL;
 	if (vg_exit_record_write(&shim->paths, rec, &err) < 0)
 		vg_err("sandbox %s: %s", shim->spec.id, err->msg);
-	if (!shim->failed)
-		set_state(shim, VG_SANDBOX_EXITED, NULL);
 	return shim->failed ? 1 : 0;
 }
 

@@ -48,7 +48,7 @@ class Agent:
             f.write(f"socket: {self.socket}\nstate_dir: {self.state}\n"
                     f"sysfs_root: {self.sysfs}\ndev_root: {self.dev}\n"
                     f"modules_dir: {self.empty}\nqemu_binary: {FAKE_QEMU}\n"
-                    f"guest_kernel: {self.config}\naccel: tcg\nhealth_interval_s: 1\n"
+                    f"guest_kernel: {self.config}\naccel: tcg\nhealth_interval_s: 0.5\n"
                     + extra_config)
         self.proc = None
         self.log_path = os.path.join(self.tmp, "agent.log")

@@ -81,6 +81,10 @@ static void errors_name_the_key_and_line(void **state)
 	assert_error("default_vcpus: 0\n", "config.yaml:1: default_vcpus: must be between 1 and 256");
 	assert_error("default_vcpus: two\n", "config.yaml:1: default_vcpus: expected an integer");
 	assert_error("accel: fast\n", "config.yaml:1: accel: 'fast' is not one of: auto kvm tcg");
+	assert_error("health_interval_s: 0.05\n",
+		     "config.yaml:1: health_interval_s: must be between 0.1 and 3600 seconds");
+	assert_error("health_interval_s: soon\n",
+		     "config.yaml:1: health_interval_s: expected a number of seconds");
 	assert_error("socket: /run/this/path/is/much/too/long/for/a/unix/socket/because/sun_path/"
 		     "holds/only/one/hundred/and/eight/bytes.sock\n",
 		     "config.yaml:1: socket: path is too long");
