@@ -3,8 +3,28 @@
 # `vmgpuctl doctor`, starts vmgpu-agent with its default config, runs one sandbox (the test guest,
 # booted under TCG with TAP networking), shows it as a user sees it, and stops it. It ends with
 # the inventory and reasons on fixture nodes (an 8-GPU HGX board and hosts with typical problems).
+#
+# hack/demo.sh --vfio runs one real passthrough sandbox instead, in the nested-VFIO rig (a TCG VM
+# with an emulated IOMMU, see docs/testing.md): vmgpuctl get gpus, run, get sandboxes, the
+# guest's view of the passed device, stop, and the host driver back (about 2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --- --vfio: the nested-VFIO rig's demo mode ------------------------------------------------------
+vfio_demo() {
+  hack/install-deps.sh demo
+  cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build-release -j"$(nproc)" --target vmgpuctl vmgpu-agent vmgpu-shim >/dev/null
+  printf '\n\033[1m== real VFIO passthrough, in the nested-VFIO rig\033[0m\n'
+  hack/vfio-rig/run.sh --bin-dir build-release --mode demo
+}
+for arg in "$@"; do
+  case "$arg" in
+    --vfio) vfio_demo; exit ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$arg' (the only option is --vfio)" >&2; exit 2 ;;
+  esac
+done
 
 hack/install-deps.sh demo
 cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
