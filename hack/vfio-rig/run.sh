@@ -12,6 +12,7 @@
 #              shell: a shell on the outer guest's console, for debugging;
 #              script: runs the file named by $RIG_SCRIPT in the outer guest (experiments)
 #   --timeout  wall-clock limit of the outer VM (default 540)
+# Environment: RIG_OUTER_CPU (the outer VM's -cpu, default max), RIG_SCRIPT (--mode script).
 #
 # The outer guest is the Debian kernel under TCG on q35 with an emulated Intel IOMMU
 # (intremap=on, caching-mode=on, kernel-irqchip=split) and these devices, each behind its own
